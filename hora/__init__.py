@@ -1,0 +1,42 @@
+"""hora: cross-head, hypernetwork-generated low-rank adaptation (HoRA, DoRAN) as PEFT methods.
+
+Importing hora registers ``HORA`` and ``DORAN`` with PEFT, after which ``peft.get_peft_model``,
+``save_pretrained`` and ``PeftModel.from_pretrained`` work for them as for LoRA.
+"""
+
+from hora.geometry import HEAD_LAYOUTS, HeadLayout, resolve_layout
+from hora.registration import register
+from hora.tuners.hora import HoraConfig, HoraModel
+
+
+register("HORA", HoraConfig, HoraModel)
+
+from hora.export import export_lora  # noqa: E402
+from hora.inspect import (  # noqa: E402
+    HeadFactors,
+    ParamReport,
+    effective_rank,
+    head_deltas,
+    head_factors,
+    head_similarity,
+    param_report,
+)
+
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "HEAD_LAYOUTS",
+    "HeadFactors",
+    "HeadLayout",
+    "HoraConfig",
+    "HoraModel",
+    "ParamReport",
+    "effective_rank",
+    "export_lora",
+    "head_deltas",
+    "head_factors",
+    "head_similarity",
+    "param_report",
+    "resolve_layout",
+]

@@ -1,0 +1,133 @@
+"""The joint hypernetwork that generates low-rank factors for all heads of a block.
+
+One ``BlockGenerator`` serves every adapted projection of a transformer block (or of the whole model,
+for DoRAN's ``share_across_layers``). For projection P with seeds Ā_P (r, in) and B̄_P (out, r):
+
+    A_P     = G_A^P(Ā_P)      applied to each of the r rows       (r, in)
+    B_{P,h} = G_B^P(B̄_{P,h})  applied to each of the r columns    (head_dim, r) for every head h
+    G^P(x)  = W2^P · tanh(W1 · x + b1) + b2^P
+
+W1 (the "input" layer) is shared by the block's projections of equal width; W2 (the "output" layer) is
+specific to each projection. G_B sees one head's column at a time and is the same function for every
+head, so all heads' B columns come from one shared, learned map: that is the cross-head coupling.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def _key(name: str) -> str:
+    # ModuleDict keys may not contain dots
+    return name.replace(".", "__")
+
+
+class BlockGenerator(nn.Module):
+    """Generators G_A and G_B of one block: shared first layers, per-projection second layers."""
+
+    def __init__(self, hidden: int, share_first_layer: bool) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.share_first_layer = share_first_layer
+        self.a_in = nn.ModuleDict()  # first layer of G_A, keyed by width (shared) or projection
+        self.b_in = nn.ModuleDict()  # first layer of G_B
+        self.a_out = nn.ModuleDict()  # second layer of G_A, one per projection
+        self.b_out = nn.ModuleDict()  # second layer of G_B, one per projection
+
+    def _in_key(self, projection: str, width: int) -> str:
+        return f"n{width}" if self.share_first_layer else _key(projection)
+
+    def add_projection(
+        self,
+        projection: str,
+        in_features: int,
+        head_dim: int,
+        generate_a: bool,
+        zero_b: bool,
+        device: torch.device | None = None,
+    ) -> None:
+        """Create the layers projection ``projection`` needs (idempotent, so loading finds the same keys)."""
+        p, key = self.hidden, _key(projection)
+        if generate_a:
+            a_key = self._in_key(projection, in_features)
+            if a_key not in self.a_in:
+                self.a_in[a_key] = _first_layer(in_features, p, device)
+            if key not in self.a_out:
+                self.a_out[key] = _second_layer(p, in_features, zero=False, device=device)
+        b_key = self._in_key(projection, head_dim)
+        if b_key not in self.b_in:
+            self.b_in[b_key] = _first_layer(head_dim, p, device)
+        if key not in self.b_out:
+            self.b_out[key] = _second_layer(p, head_dim, zero=zero_b, device=device)
+
+    def generate_a(self, projection: str, seed: torch.Tensor) -> torch.Tensor:
+        """A = G_A(Ā), row-wise. seed: (r, in) -> (r, in)."""
+        key = _key(projection)
+        first = self.a_in[self._in_key(projection, seed.shape[-1])]
+        return self.a_out[key](torch.tanh(first(seed)))
+
+    def generate_b(self, projection: str, seed: torch.Tensor, head_dim: int) -> torch.Tensor:
+        """B_h = G_B(B̄_h) column-wise for every head. seed: (out, r) -> (out, r)."""
+        out, r = seed.shape
+        key = _key(projection)
+        first = self.b_in[self._in_key(projection, head_dim)]
+        columns = seed.view(out // head_dim, head_dim, r).transpose(1, 2)  # (H, r, hd): one row per column
+        generated = self.b_out[key](torch.tanh(first(columns)))  # (H, r, hd)
+        return generated.transpose(1, 2).reshape(out, r)
+
+    def has_a(self, projection: str) -> bool:
+        return _key(projection) in self.a_out
+
+    def head_dim(self, projection: str) -> int:
+        """Head size the projection's G_B works on (the output width of its second layer)."""
+        return self.b_out[_key(projection)].out_features
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor], hidden: int, share_first_layer: bool) -> BlockGenerator:
+        """Rebuild a generator from its saved tensors (keys like ``a_in.n128.weight``), with no model."""
+        generator = cls(hidden, share_first_layer)
+        for key in {k.rsplit(".", 1)[0] for k in state}:  # e.g. "a_in.n128"
+            part, name = key.split(".", 1)
+            weight = state[f"{key}.weight"]
+            layer = nn.Linear(weight.shape[1], weight.shape[0], dtype=weight.dtype)
+            layer.load_state_dict({"weight": weight, "bias": state[f"{key}.bias"]})
+            getattr(generator, part)[name] = layer
+        return generator
+
+
+def _first_layer(n: int, p: int, device: torch.device) -> nn.Linear:
+    # W1 ~ N(0, 1/n) with seeds ~ N(0, 1) puts tanh's input at unit scale, neither saturated nor linear.
+    layer = nn.Linear(n, p, device=device)
+    nn.init.normal_(layer.weight, std=1.0 / math.sqrt(n))
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def _second_layer(p: int, n: int, zero: bool, device: torch.device) -> nn.Linear:
+    # Scaled so generated rows have LoRA's kaiming scale (~1/sqrt(n) per entry). The bias starts at zero:
+    # a random bias is shared by every generated row and would make the factors nearly rank one.
+    layer = nn.Linear(p, n, device=device)
+    nn.init.zeros_(layer.bias)
+    if zero:
+        nn.init.zeros_(layer.weight)
+    else:
+        nn.init.normal_(layer.weight, std=1.0 / math.sqrt(p * n))
+    return layer
+
+
+class GeneratorBank(nn.Module):
+    """All block generators of one adapter, keyed ``block0``, ``block1``, … (or ``all`` when shared)."""
+
+    def __init__(self, hidden: int, share_first_layer: bool) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.share_first_layer = share_first_layer
+        self.blocks = nn.ModuleDict()
+
+    def block(self, block_key: str) -> BlockGenerator:
+        if block_key not in self.blocks:
+            self.blocks[block_key] = BlockGenerator(self.hidden, self.share_first_layer)
+        return self.blocks[block_key]

@@ -1,0 +1,1 @@
+"""PEFT tuners defined by hora: HoRA and DoRAN."""

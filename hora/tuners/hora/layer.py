@@ -1,0 +1,234 @@
+"""HoRA adapter layer: a linear (or GPT-2 Conv1D) module plus generated low-rank factors."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from hora.generator import BlockGenerator
+from hora.geometry import HeadLayout
+
+
+def in_out_features(base_layer: nn.Module) -> tuple[int, int]:
+    """(in_features, out_features) of a supported base layer."""
+    if isinstance(base_layer, nn.Linear):
+        return base_layer.in_features, base_layer.out_features
+    if isinstance(base_layer, Conv1D):
+        return base_layer.weight.shape  # stored (in, out)
+    raise TypeError(f"hora adapts torch.nn.Linear and transformers' Conv1D modules, not {type(base_layer).__name__}.")
+
+
+class GeneratedFactorsLayer(BaseTunerLayer):
+    """Shared mechanics of HoRA and DoRAN layers: seeds, the generator reference and the factor cache.
+
+    Subclasses set ``prefix``; the seed containers are ``{prefix}A_seed`` (r, in) and ``{prefix}B_seed``
+    (out, r). The block generator lives on the tuner (so it is saved once, not once per layer); the layer
+    only keeps an unregistered reference to it.
+    """
+
+    prefix = "hora_"
+
+    def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
+        self.base_layer = base_layer
+        self.r: dict[str, int] = {}
+        self.lora_alpha: dict[str, float] = {}
+        self.scaling: dict[str, float] = {}
+        self.layouts: dict[str, HeadLayout] = {}
+        self._generators: dict[str, tuple[BlockGenerator, str]] = {}  # adapter -> (generator, projection)
+        self._factor_cache: dict[str, tuple[tuple, tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._disable_adapters = False
+        self.merged_adapters: list[str] = []
+        self.kwargs = kwargs
+        self.in_features, self.out_features = in_out_features(self.get_base_layer())
+        self.fan_in_fan_out = isinstance(self.get_base_layer(), Conv1D)
+
+    @property
+    def A_seed(self) -> nn.ParameterDict:
+        return getattr(self, self.prefix + "A_seed")
+
+    @property
+    def B_seed(self) -> nn.ParameterDict:
+        return getattr(self, self.prefix + "B_seed")
+
+    @property
+    def dropout(self) -> nn.ModuleDict:
+        return getattr(self, self.prefix + "dropout")
+
+    def _init_factors(
+        self, adapter_name: str, config: Any, generator: BlockGenerator, projection: str, layout: HeadLayout
+    ) -> None:
+        r = config.r
+        self.r[adapter_name] = r
+        self.lora_alpha[adapter_name] = config.lora_alpha
+        self.scaling[adapter_name] = config.lora_alpha / r
+        self.layouts[adapter_name] = layout
+        self._generators[adapter_name] = (generator, projection)
+        self.dropout[adapter_name] = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        device = self.get_base_layer().weight.device
+        a_seed = torch.empty(r, self.in_features, device=device)
+        if generator.has_a(projection):
+            nn.init.normal_(a_seed, std=config.seed_std)
+        else:  # A is used as it is: LoRA's initialisation
+            nn.init.kaiming_uniform_(a_seed, a=math.sqrt(5))
+        self.A_seed[adapter_name] = nn.Parameter(a_seed)
+        self.B_seed[adapter_name] = nn.Parameter(torch.randn(self.out_features, r, device=device) * config.seed_std)
+
+    def factors(self, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Generated (A, B) of one adapter: A (r, in), B (out, r), B's rows stacked head after head.
+
+        Computed once per call for the whole module. While the module is not training and nothing needs a
+        gradient, the result is cached and reused until a parameter changes (checked by tensor versions),
+        so unmerged inference costs what LoRA costs.
+        """
+        generator, projection = self._generators[adapter]
+        params = (self.A_seed[adapter], self.B_seed[adapter], *generator.parameters())
+        cacheable = not self.training and not (torch.is_grad_enabled() and any(p.requires_grad for p in params))
+        if cacheable:
+            stamp = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
+            hit = self._factor_cache.get(adapter)
+            if hit is not None and hit[0] == stamp:
+                return hit[1]
+        a_seed, b_seed = self.A_seed[adapter], self.B_seed[adapter]
+        A = generator.generate_a(projection, a_seed) if generator.has_a(projection) else a_seed
+        B = generator.generate_b(projection, b_seed, self.layouts[adapter].head_dim)
+        if cacheable:
+            self._factor_cache[adapter] = (stamp, (A, B))
+        else:
+            self._factor_cache.pop(adapter, None)
+        return A, B
+
+    def _generated_weight(self, adapter: str) -> torch.Tensor:
+        """ΔW in (out, in) orientation."""
+        A, B = self.factors(adapter)
+        return (B @ A) * self.scaling[adapter]
+
+    def delta_weight_out_in(self, adapter: str) -> torch.Tensor:
+        """W' − W0 of one adapter in (out, in) orientation."""
+        return self._generated_weight(adapter)
+
+    def _to_base_orientation(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight.T if self.fan_in_fan_out else weight
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        super().delete_adapter(adapter_name)
+        for store in (self.layouts, self._generators, self._factor_cache):
+            store.pop(adapter_name, None)
+
+    def _merge_with(self, adapter_names: list[str] | None, safe_merge: bool) -> None:
+        adapter_names = check_adapters_to_merge(self, adapter_names)
+        base_layer = self.get_base_layer()
+        for adapter in adapter_names:
+            if adapter not in self.A_seed:
+                continue
+            with torch.no_grad():
+                new_weight = self._merged_weight(adapter, base_layer.weight)
+            if safe_merge and not torch.isfinite(new_weight).all():
+                raise ValueError(f"NaNs detected in the merged weights. The adapter {adapter} seems to be broken")
+            self._remember_for_unmerge(adapter, base_layer.weight.data)
+            base_layer.weight.data = new_weight.to(base_layer.weight.dtype)
+            self.merged_adapters.append(adapter)
+
+    def unmerge(self) -> None:
+        """Undo every merge, last first."""
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
+            return
+        base_layer = self.get_base_layer()
+        while self.merged_adapters:
+            adapter = self.merged_adapters.pop()
+            with torch.no_grad():
+                base_layer.weight.data = self._unmerged_weight(adapter, base_layer.weight).to(base_layer.weight.dtype)
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """Merge the active (or the named) adapters into the base weight."""
+        self._merge_with(adapter_names, safe_merge)
+
+    # subclasses define how a merge changes the weight and how to undo it
+    def _merged_weight(self, adapter: str, weight: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError  # abstract
+
+    def _unmerged_weight(self, adapter: str, weight: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError  # abstract
+
+    def _remember_for_unmerge(self, adapter: str, weight: torch.Tensor) -> None:
+        """Hook for layers whose merge is not a plain addition (DoRAN)."""
+
+
+class HoraLayer(GeneratedFactorsLayer):
+    """HoRA: W' = W0 + (α/r)·B·A with A and per-head B generated by the block's joint hypernetwork."""
+
+    prefix = "hora_"
+    adapter_layer_names = ("hora_A_seed", "hora_B_seed")
+    other_param_names = ("r", "lora_alpha", "scaling", "hora_dropout", "layouts")
+
+    def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
+        self.hora_A_seed = nn.ParameterDict({})
+        self.hora_B_seed = nn.ParameterDict({})
+        self.hora_dropout = nn.ModuleDict({})
+        GeneratedFactorsLayer.__init__(self, base_layer, **kwargs)
+
+    def update_layer(
+        self, adapter_name: str, config: Any, generator: BlockGenerator, projection: str, layout: HeadLayout
+    ) -> None:
+        self._init_factors(adapter_name, config, generator, projection, layout)
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
+
+    def get_delta_weight(self, adapter: str) -> torch.Tensor:
+        """ΔW of one adapter in the base layer's own orientation ((in, out) for Conv1D)."""
+        return self._to_base_orientation(self._generated_weight(adapter))
+
+    def _merged_weight(self, adapter: str, weight: torch.Tensor) -> torch.Tensor:
+        return weight + self.get_delta_weight(adapter).to(weight.dtype)
+
+    def _unmerged_weight(self, adapter: str, weight: torch.Tensor) -> torch.Tensor:
+        return weight - self.get_delta_weight(adapter).to(weight.dtype)
+
+    def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
+        return True
+
+
+class HoraLinear(nn.Module, HoraLayer):
+    """HoRA on an ``nn.Linear`` or a GPT-2 ``Conv1D``."""
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        adapter_name: str,
+        config: Any,
+        generator: BlockGenerator,
+        projection: str,
+        layout: HeadLayout,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        HoraLayer.__init__(self, base_layer, **kwargs)
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, config, generator, projection, layout)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        result = self.base_layer(x, *args, **kwargs)
+        if self.merged:
+            return result
+        result_dtype = result.dtype
+        for adapter in self.active_adapters:
+            if adapter not in self.hora_A_seed:
+                continue
+            A, B = self.factors(adapter)
+            h = self.hora_dropout[adapter](x.to(A.dtype))
+            result = result + (F.linear(F.linear(h, A), B) * self.scaling[adapter]).to(result_dtype)
+        return result
+
+    def __repr__(self) -> str:
+        return "hora." + super().__repr__()

@@ -1,0 +1,116 @@
+"""HoraModel: the PEFT tuner that injects HoRA layers and owns the block generators."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from hora.generator import GeneratorBank
+from hora.geometry import DEFAULT_TARGET_MODULES, block_index, projection_key, resolve_layout
+from hora.tuners.hora.layer import GeneratedFactorsLayer, HoraLayer, HoraLinear, in_out_features
+
+
+class GeneratedFactorsModel(BaseTuner):
+    """Shared tuner logic of HoRA and DoRAN: one ``GeneratorBank`` per adapter, kept on the tuner.
+
+    The banks live in ``self.<generator_attr>`` (a ``ModuleDict`` keyed by adapter name), so PEFT's
+    structural state-dict selection saves them once per adapter, under ``base_model.<generator_attr>``.
+    """
+
+    prefix = "hora_"
+    tuner_layer_cls = GeneratedFactorsLayer
+    target_module_mapping = DEFAULT_TARGET_MODULES
+    generator_attr = "hora_generator"
+    layer_cls: type[GeneratedFactorsLayer] = HoraLinear
+
+    @property
+    def generator_banks(self) -> nn.ModuleDict:
+        """Adapter name -> ``GeneratorBank``."""
+        if self.generator_attr not in self._modules:
+            self.add_module(self.generator_attr, nn.ModuleDict())
+        return self._modules[self.generator_attr]
+
+    def _block_key(self, config: Any, module_path: str) -> str:
+        index = block_index(module_path)
+        return "model" if index is None else f"block{index}"
+
+    def _pre_injection_hook(self, model: nn.Module, config: Any, adapter_name: str) -> None:
+        self.generator_banks[adapter_name] = GeneratorBank(config.hyper_hidden, config.share_qv)
+
+    def _create_and_replace(
+        self,
+        config: Any,
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str,
+        **optional_kwargs: Any,
+    ) -> None:
+        if current_key is None:
+            raise ValueError("Current Key shouldn't be `None`")
+        base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+        in_features, out_features = in_out_features(base)
+        layout = resolve_layout(getattr(self.model, "config", None), current_key, out_features, config.head_layout)
+        projection = projection_key(current_key)
+        generator = self.generator_banks[adapter_name].block(self._block_key(config, current_key))
+        generator.add_projection(
+            projection,
+            in_features,
+            layout.head_dim,
+            generate_a=config.generate_a,
+            zero_b=config.init_weights in (True, "zero_b"),
+            device=base.weight.device,
+        )
+        if isinstance(base, Conv1D):
+            config.fan_in_fan_out = True  # GPT-2's Conv1D stores (in, out); recorded as PEFT records it
+        if isinstance(target, self.tuner_layer_cls):
+            target.update_layer(adapter_name, config, generator, projection, layout)
+        else:
+            new_module = self.layer_cls(target, adapter_name, config, generator, projection, layout)
+            if adapter_name not in self.active_adapters:
+                new_module.requires_grad_(False)
+            self._replace_module(parent, target_name, new_module, target)
+
+    # generators live outside the layers, so the adapter bookkeeping must reach them too
+    def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
+        super().set_adapter(adapter_name, inference_mode=inference_mode)
+        names = {adapter_name} if isinstance(adapter_name, str) else set(adapter_name)
+        for name, bank in self.generator_banks.items():
+            bank.requires_grad_(name in names and not inference_mode)
+
+    def set_requires_grad(self, adapter_names: str | Sequence[str], requires_grad: bool = True) -> None:
+        super().set_requires_grad(adapter_names, requires_grad=requires_grad)
+        names = {adapter_names} if isinstance(adapter_names, str) else set(adapter_names)
+        for name in names & set(self.generator_banks.keys()):
+            self.generator_banks[name].requires_grad_(requires_grad)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        super().delete_adapter(adapter_name)
+        if adapter_name in self.generator_banks:
+            del self.generator_banks[adapter_name]
+
+    @classmethod
+    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
+        # generator keys carry the adapter name in the middle: `<attr>.<adapter>.blocks.block0.a_in.n128.weight`
+        marker = f"{cls.generator_attr}.{adapter_name}."
+        if marker in key:
+            return key.replace(marker, f"{cls.generator_attr}.", 1)
+        return super()._remove_adapter_name_from_key(key, adapter_name)
+
+
+class HoraModel(GeneratedFactorsModel):
+    """Creates a HoRA model from a transformers model.
+
+    Method: HoRA, "Cross-Head Low-Rank Adaptation with Joint Hypernetworks" (arXiv 2510.04295), as read by
+    this project (see README). Use through ``peft.get_peft_model(model, hora.HoraConfig(...))``.
+    """
+
+    prefix = "hora_"
+    tuner_layer_cls = HoraLayer
+    generator_attr = "hora_generator"
+    layer_cls = HoraLinear
