@@ -6,12 +6,14 @@ Importing hora registers ``HORA`` and ``DORAN`` with PEFT, after which ``peft.ge
 
 from hora.geometry import HEAD_LAYOUTS, HeadLayout, resolve_layout
 from hora.registration import register
+from hora.tuners.doran import DoranConfig, DoranModel
 from hora.tuners.hora import HoraConfig, HoraModel
 
 
 register("HORA", HoraConfig, HoraModel)
+register("DORAN", DoranConfig, DoranModel)
 
-from hora.export import export_lora  # noqa: E402
+from hora.export import export_dora, export_lora  # noqa: E402
 from hora.inspect import (  # noqa: E402
     HeadFactors,
     ParamReport,
@@ -27,12 +29,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "HEAD_LAYOUTS",
+    "DoranConfig",
+    "DoranModel",
     "HeadFactors",
     "HeadLayout",
     "HoraConfig",
     "HoraModel",
     "ParamReport",
     "effective_rank",
+    "export_dora",
     "export_lora",
     "head_deltas",
     "head_factors",

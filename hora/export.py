@@ -7,6 +7,7 @@ LoRA, which loads in stock PEFT with no hora import, wherever LoRA is served.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -134,3 +135,44 @@ def export_lora(
         tensors[f"{module}.lora_A.weight"] = A
         tensors[f"{module}.lora_B.weight"] = B
     return _write(out_dir, lora_config_from(config), tensors)
+
+
+def export_dora(
+    model_or_dir: PeftModel | str | os.PathLike,
+    out_dir: str | os.PathLike,
+    adapter: str = "default",
+    base_model: torch.nn.Module | None = None,
+) -> Path:
+    """Write a trained DoRAN adapter as a standard PEFT DoRA adapter in ``out_dir``.
+
+    DoRAN's W' = m ⊙ V / (‖V‖_c + τ) with V = W0 + s·BA is exactly DoRA's m' ⊙ V / ‖V‖_c with
+    m' = m·‖V‖_c / (‖V‖_c + τ). That needs W0, so a saved folder also needs ``base_model`` (a copy of it is
+    adapted; the model passed in is left as it is).
+    """
+    from hora.tuners.doran.layer import DoranLayer
+
+    if not isinstance(model_or_dir, PeftModel):
+        if base_model is None:
+            raise ValueError("Exporting a saved DoRAN folder to DoRA needs `base_model`: m' depends on W0.")
+        config, _ = _read_adapter(model_or_dir, adapter)
+        if str(config.get("peft_type")).upper() != "DORAN":
+            raise ValueError(f"export_dora expects a DORAN adapter, got {config.get('peft_type')!r}.")
+        model_or_dir = PeftModel.from_pretrained(copy.deepcopy(base_model), str(model_or_dir), adapter_name=adapter)
+    model = model_or_dir
+    config, state = _read_adapter(model, adapter)
+    if str(config.get("peft_type")).upper() != "DORAN":
+        raise ValueError(
+            f"export_dora expects a DORAN adapter, got {config.get('peft_type')!r}; use export_lora for HORA."
+        )
+    tensors = _passthrough(state, "doran_")
+    with torch.no_grad():
+        for path, module in model.named_modules():
+            if not isinstance(module, DoranLayer) or adapter not in module.doran_A_seed:
+                continue
+            if module.merged:
+                raise ValueError("Unmerge the adapter (model.unmerge_adapter()) before exporting it.")
+            A, B = module.factors(adapter)
+            tensors[f"{path}.lora_A.weight"] = A.detach().float().cpu()
+            tensors[f"{path}.lora_B.weight"] = B.detach().float().cpu()
+            tensors[f"{path}.lora_magnitude_vector"] = module.effective_magnitude(adapter).detach().float().cpu()
+    return _write(out_dir, lora_config_from(config, use_dora=True), tensors)

@@ -9,18 +9,8 @@ from peft.config import PeftConfig
 
 
 @dataclass
-class HoraConfig(PeftConfig):
-    """Configuration of a [`HoraModel`].
-
-    HoRA adapts projection P of every block by ΔW_P = (α/r)·[B_{P,1}; …; B_{P,H}]·A_P, where A_P and the
-    per-head B_{P,h} are generated from learned seeds by a generator shared by all heads of the block.
-
-    Example:
-
-        >>> import hora, peft
-        >>> model = peft.get_peft_model(base, hora.HoraConfig(r=8, lora_alpha=16, hyper_hidden=16))
-        >>> model.print_trainable_parameters()
-    """
+class GeneratedFactorsConfig(PeftConfig):
+    """Fields shared by [`HoraConfig`] and [`DoranConfig`]: rank, generator and targets."""
 
     r: int = field(default=8, metadata={"help": "Rank of the update: rows of A and columns of each head's B."})
     lora_alpha: float = field(default=16, metadata={"help": "Scale α; the update is multiplied by α / r."})
@@ -104,30 +94,51 @@ class HoraConfig(PeftConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.peft_type = "HORA"
         self.target_modules = (
             set(self.target_modules) if isinstance(self.target_modules, list) else self.target_modules
         )
         self.exclude_modules = (
             set(self.exclude_modules) if isinstance(self.exclude_modules, list) else self.exclude_modules
         )
-        _check_common(self)
+        self._check()
+
+    def _check(self) -> None:
+        """Explicit errors for invalid settings, raised when the config is built."""
+        config = self
+        if config.r <= 0:
+            raise ValueError(f"`r` must be a positive integer, got {config.r}.")
+        if self._uses_generator() and config.hyper_hidden < config.r:
+            raise ValueError(
+                f"`hyper_hidden` ({config.hyper_hidden}) must be at least `r` ({config.r}): every generated factor "
+                "lies in the span of the generator's p output directions, so p < r would waste rank."
+            )
+        if not 0.0 <= config.dropout < 1.0:
+            raise ValueError(f"`dropout` must be in [0, 1), got {config.dropout}.")
+        if config.init_weights not in (True, False, "zero_b", "random"):
+            raise ValueError(f"`init_weights` must be True, False, 'zero_b' or 'random', got {config.init_weights!r}.")
+        if config.seed_std <= 0:
+            raise ValueError(f"`seed_std` must be positive, got {config.seed_std}.")
+        if config.layers_pattern and not config.layers_to_transform:
+            raise ValueError("`layers_pattern` only makes sense together with `layers_to_transform`.")
+
+    def _uses_generator(self) -> bool:
+        return True  # DoRAN can run with static factors
 
 
-def _check_common(config) -> None:
-    """Checks shared by HoRA and DoRAN configs."""
-    if config.r <= 0:
-        raise ValueError(f"`r` must be a positive integer, got {config.r}.")
-    if config.hyper_hidden < config.r:
-        raise ValueError(
-            f"`hyper_hidden` ({config.hyper_hidden}) must be at least `r` ({config.r}): every generated factor "
-            "lies in the span of the generator's p output directions, so p < r would waste rank."
-        )
-    if not 0.0 <= config.dropout < 1.0:
-        raise ValueError(f"`dropout` must be in [0, 1), got {config.dropout}.")
-    if config.init_weights not in (True, False, "zero_b", "random"):
-        raise ValueError(f"`init_weights` must be True, False, 'zero_b' or 'random', got {config.init_weights!r}.")
-    if config.seed_std <= 0:
-        raise ValueError(f"`seed_std` must be positive, got {config.seed_std}.")
-    if config.layers_pattern and not config.layers_to_transform:
-        raise ValueError("`layers_pattern` only makes sense together with `layers_to_transform`.")
+@dataclass
+class HoraConfig(GeneratedFactorsConfig):
+    """Configuration of a [`HoraModel`].
+
+    HoRA adapts projection P of every block by ΔW_P = (α/r)·[B_{P,1}; …; B_{P,H}]·A_P, where A_P and the
+    per-head B_{P,h} are generated from learned seeds by a generator shared by all heads of the block.
+
+    Example:
+
+        >>> import hora, peft
+        >>> model = peft.get_peft_model(base, hora.HoraConfig(r=8, lora_alpha=16, hyper_hidden=16))
+        >>> model.print_trainable_parameters()
+    """
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = "HORA"

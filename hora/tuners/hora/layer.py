@@ -41,7 +41,7 @@ class GeneratedFactorsLayer(BaseTunerLayer):
         self.lora_alpha: dict[str, float] = {}
         self.scaling: dict[str, float] = {}
         self.layouts: dict[str, HeadLayout] = {}
-        self._generators: dict[str, tuple[BlockGenerator, str]] = {}  # adapter -> (generator, projection)
+        self._generators: dict[str, tuple[BlockGenerator | None, str]] = {}  # adapter -> (generator, projection)
         self._factor_cache: dict[str, tuple[tuple, tuple[torch.Tensor, torch.Tensor]]] = {}
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
@@ -62,8 +62,9 @@ class GeneratedFactorsLayer(BaseTunerLayer):
         return getattr(self, self.prefix + "dropout")
 
     def _init_factors(
-        self, adapter_name: str, config: Any, generator: BlockGenerator, projection: str, layout: HeadLayout
+        self, adapter_name: str, config: Any, generator: BlockGenerator | None, projection: str, layout: HeadLayout
     ) -> None:
+        """Create one adapter's seeds. With ``generator=None`` the seeds are the factors (plain LoRA-style)."""
         r = config.r
         self.r[adapter_name] = r
         self.lora_alpha[adapter_name] = config.lora_alpha
@@ -73,12 +74,19 @@ class GeneratedFactorsLayer(BaseTunerLayer):
         self.dropout[adapter_name] = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         device = self.get_base_layer().weight.device
         a_seed = torch.empty(r, self.in_features, device=device)
-        if generator.has_a(projection):
+        if generator is not None and generator.has_a(projection):
             nn.init.normal_(a_seed, std=config.seed_std)
         else:  # A is used as it is: LoRA's initialisation
             nn.init.kaiming_uniform_(a_seed, a=math.sqrt(5))
+        b_seed = torch.empty(self.out_features, r, device=device)
+        if generator is not None:
+            nn.init.normal_(b_seed, std=config.seed_std)
+        elif config.init_weights in (True, "zero_b"):
+            nn.init.zeros_(b_seed)  # LoRA's B = 0: identity at step 0
+        else:
+            nn.init.kaiming_uniform_(b_seed, a=math.sqrt(5))
         self.A_seed[adapter_name] = nn.Parameter(a_seed)
-        self.B_seed[adapter_name] = nn.Parameter(torch.randn(self.out_features, r, device=device) * config.seed_std)
+        self.B_seed[adapter_name] = nn.Parameter(b_seed)
 
     def factors(self, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Generated (A, B) of one adapter: A (r, in), B (out, r), B's rows stacked head after head.
@@ -88,14 +96,16 @@ class GeneratedFactorsLayer(BaseTunerLayer):
         so unmerged inference costs what LoRA costs.
         """
         generator, projection = self._generators[adapter]
-        params = (self.A_seed[adapter], self.B_seed[adapter], *generator.parameters())
+        a_seed, b_seed = self.A_seed[adapter], self.B_seed[adapter]
+        if generator is None:  # static factors
+            return a_seed, b_seed
+        params = (a_seed, b_seed, *generator.parameters())
         cacheable = not self.training and not (torch.is_grad_enabled() and any(p.requires_grad for p in params))
         if cacheable:
             stamp = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
             hit = self._factor_cache.get(adapter)
             if hit is not None and hit[0] == stamp:
                 return hit[1]
-        a_seed, b_seed = self.A_seed[adapter], self.B_seed[adapter]
         A = generator.generate_a(projection, a_seed) if generator.has_a(projection) else a_seed
         B = generator.generate_b(projection, b_seed, self.layouts[adapter].head_dim)
         if cacheable:
@@ -131,7 +141,6 @@ class GeneratedFactorsLayer(BaseTunerLayer):
                 new_weight = self._merged_weight(adapter, base_layer.weight)
             if safe_merge and not torch.isfinite(new_weight).all():
                 raise ValueError(f"NaNs detected in the merged weights. The adapter {adapter} seems to be broken")
-            self._remember_for_unmerge(adapter, base_layer.weight.data)
             base_layer.weight.data = new_weight.to(base_layer.weight.dtype)
             self.merged_adapters.append(adapter)
 
@@ -150,15 +159,12 @@ class GeneratedFactorsLayer(BaseTunerLayer):
         """Merge the active (or the named) adapters into the base weight."""
         self._merge_with(adapter_names, safe_merge)
 
-    # subclasses define how a merge changes the weight and how to undo it
+    # subclasses define how a merge changes the weight (in the base layer's orientation) and how to undo it
     def _merged_weight(self, adapter: str, weight: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError  # abstract
 
     def _unmerged_weight(self, adapter: str, weight: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError  # abstract
-
-    def _remember_for_unmerge(self, adapter: str, weight: torch.Tensor) -> None:
-        """Hook for layers whose merge is not a plain addition (DoRAN)."""
 
 
 class HoraLayer(GeneratedFactorsLayer):

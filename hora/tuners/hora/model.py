@@ -57,15 +57,17 @@ class GeneratedFactorsModel(BaseTuner):
         in_features, out_features = in_out_features(base)
         layout = resolve_layout(getattr(self.model, "config", None), current_key, out_features, config.head_layout)
         projection = projection_key(current_key)
-        generator = self.generator_banks[adapter_name].block(self._block_key(config, current_key))
-        generator.add_projection(
-            projection,
-            in_features,
-            layout.head_dim,
-            generate_a=config.generate_a,
-            zero_b=config.init_weights in (True, "zero_b"),
-            device=base.weight.device,
-        )
+        generator = None
+        if adapter_name in self.generator_banks:
+            generator = self.generator_banks[adapter_name].block(self._block_key(config, current_key))
+            generator.add_projection(
+                projection,
+                in_features,
+                layout.head_dim,
+                generate_a=config.generate_a,
+                zero_b=config.init_weights in (True, "zero_b"),
+                device=base.weight.device,
+            )
         if isinstance(base, Conv1D):
             config.fan_in_fan_out = True  # GPT-2's Conv1D stores (in, out); recorded as PEFT records it
         if isinstance(target, self.tuner_layer_cls):

@@ -1,0 +1,147 @@
+"""DoRAN adapter layer: W' = m ⊙ (W0 + s·BA) / (‖W0 + s·BA‖_c + τ), with generated A and B."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hora.generator import BlockGenerator
+from hora.geometry import HeadLayout
+from hora.tuners.hora.layer import GeneratedFactorsLayer
+
+
+def tau_from_raw(raw: torch.Tensor) -> torch.Tensor:
+    """τ = softplus(ρ): positive whatever the optimiser does to ρ."""
+    return F.softplus(raw)
+
+
+def raw_from_tau(tau: float) -> float:
+    """Inverse of softplus, so τ starts exactly at ``tau``."""
+    return tau + math.log(-math.expm1(-tau))
+
+
+class DoranLayer(GeneratedFactorsLayer):
+    """DoRAN on an ``nn.Linear`` or GPT-2 ``Conv1D``: per-row magnitude m, learnable τ, generated A and B."""
+
+    prefix = "doran_"
+    adapter_layer_names = ("doran_A_seed", "doran_B_seed", "doran_magnitude", "doran_tau_raw")
+    other_param_names = ("r", "lora_alpha", "scaling", "doran_dropout", "layouts", "detach_norm")
+
+    def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
+        self.doran_A_seed = nn.ParameterDict({})
+        self.doran_B_seed = nn.ParameterDict({})
+        self.doran_magnitude = nn.ParameterDict({})  # (out,)
+        self.doran_tau_raw = nn.ParameterDict({})  # (1,) or (out,): τ = softplus(raw)
+        self.doran_dropout = nn.ModuleDict({})
+        self.detach_norm: dict[str, bool] = {}
+        self._merge_scales: dict[str, torch.Tensor] = {}
+        GeneratedFactorsLayer.__init__(self, base_layer, **kwargs)
+
+    def update_layer(
+        self, adapter_name: str, config: Any, generator: BlockGenerator | None, projection: str, layout: HeadLayout
+    ) -> None:
+        self._init_factors(adapter_name, config, generator, projection, layout)
+        self.detach_norm[adapter_name] = config.detach_norm
+        shape = (1,) if config.tau_granularity == "matrix" else (self.out_features,)
+        device = self.get_base_layer().weight.device
+        self.doran_tau_raw[adapter_name] = nn.Parameter(
+            torch.full(shape, raw_from_tau(config.tau_init), device=device)
+        )
+        with torch.no_grad():
+            # m0 = ‖W0‖_c + τ0 makes W' = W0 exactly at step 0 (m0 = ‖W0‖_c would shrink every row)
+            w0 = self._base_weight().float()
+            magnitude = w0.norm(dim=1) + config.tau_init
+        self.doran_magnitude[adapter_name] = nn.Parameter(magnitude)
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
+
+    def _base_weight(self) -> torch.Tensor:
+        """W0 in (out, in) orientation."""
+        return self._to_base_orientation(self.get_base_layer().weight)
+
+    def tau(self, adapter: str) -> torch.Tensor:
+        """τ of one adapter, (1,) or (out,)."""
+        return tau_from_raw(self.doran_tau_raw[adapter])
+
+    def _row_scale(self, adapter: str, w0: torch.Tensor) -> torch.Tensor:
+        """m / (‖W0 + s·BA‖_c + τ), (out,). ``w0`` is the unmerged base weight, (out, in)."""
+        v = w0.to(self.doran_magnitude[adapter].dtype) + self._generated_weight(adapter)
+        norm = v.norm(dim=1)
+        if self.detach_norm[adapter]:
+            norm = norm.detach()
+        return self.doran_magnitude[adapter] / (norm + self.tau(adapter))
+
+    def effective_magnitude(self, adapter: str) -> torch.Tensor:
+        """m' = m·‖V‖/(‖V‖ + τ): the magnitude of the plain DoRA adapter that equals this DoRAN adapter."""
+        v = self._base_weight().to(self.doran_magnitude[adapter].dtype) + self._generated_weight(adapter)
+        return self._row_scale(adapter, self._base_weight()) * v.norm(dim=1)
+
+    def delta_weight_out_in(self, adapter: str) -> torch.Tensor:
+        w0 = self._base_weight().float()
+        v = w0 + self._generated_weight(adapter).float()
+        return self._row_scale(adapter, w0).float().unsqueeze(1) * v - w0
+
+    def _merged_weight(self, adapter: str, weight: torch.Tensor) -> torch.Tensor:
+        w0 = self._to_base_orientation(weight).float()
+        scale = self._row_scale(adapter, w0).float()
+        self._merge_scales[adapter] = scale  # unmerging needs the scale of this merge
+        merged = scale.unsqueeze(1) * (w0 + self._generated_weight(adapter).float())
+        return self._to_base_orientation(merged)
+
+    def _unmerged_weight(self, adapter: str, weight: torch.Tensor) -> torch.Tensor:
+        scale = self._merge_scales.pop(adapter)
+        w0 = self._to_base_orientation(weight).float() / scale.unsqueeze(1) - self._generated_weight(adapter).float()
+        return self._to_base_orientation(w0)
+
+    def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
+        return False  # multiplicative: it converts to DoRA (hora.export_dora), not to LoRA
+
+
+class DoranLinear(nn.Module, DoranLayer):
+    """DoRAN on an ``nn.Linear`` or a GPT-2 ``Conv1D``."""
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        adapter_name: str,
+        config: Any,
+        generator: BlockGenerator | None,
+        projection: str,
+        layout: HeadLayout,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        DoranLayer.__init__(self, base_layer, **kwargs)
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, config, generator, projection, layout)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        result = self.base_layer(x, *args, **kwargs)
+        if self.merged:
+            return result
+        result_dtype = result.dtype
+        bias = self.get_base_layer().bias
+        w0 = self._base_weight()
+        for adapter in self.active_adapters:
+            if adapter not in self.doran_A_seed:
+                continue
+            A, B = self.factors(adapter)  # (r, in), (out, r)
+            scale = self._row_scale(adapter, w0)  # (out,)
+            h = self.doran_dropout[adapter](x.to(A.dtype))
+            low_rank = F.linear(F.linear(h, A), B) * self.scaling[adapter]  # (..., out)
+            # W'x + b = scale ⊙ (W0 x + s·BAx) + b, with W0 x = result − b
+            plain = result if bias is None else result - bias
+            adapted = scale * (plain.to(scale.dtype) + low_rank)
+            result = (adapted if bias is None else adapted + bias).to(result_dtype)
+        return result
+
+    def __repr__(self) -> str:
+        return "doran." + super().__repr__()

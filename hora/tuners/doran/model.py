@@ -1,0 +1,31 @@
+"""DoranModel: the PEFT tuner for DoRAN, sharing HoRA's generator machinery."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from hora.generator import GeneratorBank
+from hora.tuners.doran.layer import DoranLayer, DoranLinear
+from hora.tuners.hora.model import GeneratedFactorsModel
+
+
+class DoranModel(GeneratedFactorsModel):
+    """Creates a DoRAN model from a transformers model.
+
+    Method: DoRAN (arXiv 2510.04331) as read by this project (see README). Use through
+    ``peft.get_peft_model(model, hora.DoranConfig(...))``; export to plain DoRA with ``hora.export_dora``.
+    """
+
+    prefix = "doran_"
+    tuner_layer_cls = DoranLayer
+    generator_attr = "doran_generator"
+    layer_cls = DoranLinear
+
+    def _block_key(self, config: Any, module_path: str) -> str:
+        return "all" if config.share_across_layers else super()._block_key(config, module_path)
+
+    def _pre_injection_hook(self, model: nn.Module, config: Any, adapter_name: str) -> None:
+        if config.use_generator:
+            self.generator_banks[adapter_name] = GeneratorBank(config.hyper_hidden, config.share_qv)
