@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
-
-from hora.generator import GeneratorBank
 from hora.tuners.doran.layer import DoranLayer, DoranLinear
 from hora.tuners.hora.model import GeneratedFactorsModel
 
@@ -25,7 +22,3 @@ class DoranModel(GeneratedFactorsModel):
 
     def _block_key(self, config: Any, module_path: str) -> str:
         return "all" if config.share_across_layers else super()._block_key(config, module_path)
-
-    def _pre_injection_hook(self, model: nn.Module, config: Any, adapter_name: str) -> None:
-        if config.use_generator:
-            self.generator_banks[adapter_name] = GeneratorBank(config.hyper_hidden, config.share_qv)

@@ -38,9 +38,6 @@ class GeneratedFactorsModel(BaseTuner):
         index = block_index(module_path)
         return "model" if index is None else f"block{index}"
 
-    def _pre_injection_hook(self, model: nn.Module, config: Any, adapter_name: str) -> None:
-        self.generator_banks[adapter_name] = GeneratorBank(config.hyper_hidden, config.share_qv)
-
     def _create_and_replace(
         self,
         config: Any,
@@ -58,7 +55,10 @@ class GeneratedFactorsModel(BaseTuner):
         layout = resolve_layout(getattr(self.model, "config", None), current_key, out_features, config.head_layout)
         projection = projection_key(current_key)
         generator = None
-        if adapter_name in self.generator_banks:
+        if config._uses_generator():
+            # created here, not in a pre-injection hook: PEFT's add_adapter does not call that hook
+            if adapter_name not in self.generator_banks:
+                self.generator_banks[adapter_name] = GeneratorBank(config.hyper_hidden, config.share_qv)
             generator = self.generator_banks[adapter_name].block(self._block_key(config, current_key))
             generator.add_projection(
                 projection,

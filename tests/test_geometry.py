@@ -1,0 +1,79 @@
+"""Head geometry: the table, user layouts and the errors for what hora does not know."""
+
+from __future__ import annotations
+
+import peft
+import pytest
+import torch
+from tiny_models import tiny_gpt2, tiny_llama, tiny_vit
+from torch import nn
+
+import hora
+from hora.geometry import block_index, projection_key, resolve_layout
+
+
+def test_table_matches_real_module_sizes():
+    vit, gpt2, llama = tiny_vit(), tiny_gpt2(), tiny_llama()
+    assert resolve_layout(vit.config, "vit.layers.0.attention.q_proj", 32).groups == (("q", 4),)
+    fused = resolve_layout(gpt2.config, "transformer.h.1.attn.c_attn", 96)
+    assert fused.head_dim == 8 and fused.groups == (("q", 4), ("k", 4), ("v", 4))
+    assert fused.group_rows("v") == slice(64, 96)
+    kv = resolve_layout(llama.config, "model.layers.0.self_attn.k_proj", 16)  # GQA: 2 kv heads x 8
+    assert kv.num_heads == 2 and kv.head_dim == 8
+
+
+def test_wrong_size_and_unknown_modules_are_explained():
+    with pytest.raises(ValueError, match="implies 4 heads x 8 = 32"):
+        resolve_layout(tiny_vit().config, "vit.layers.0.attention.q_proj", 48)
+    with pytest.raises(ValueError, match=r"not 'vit.layers.0.attention.o_proj'.*head_layout=\{'o_proj'"):
+        resolve_layout(tiny_vit().config, "vit.layers.0.attention.o_proj", 32)
+
+
+class Toy(nn.Module):
+    """A model of an architecture hora has never heard of."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.ModuleDict({"mix": nn.Linear(12, 12)}) for _ in range(2))
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block["mix"](x)
+        return x
+
+
+def test_unknown_architecture_needs_a_layout_and_accepts_one():
+    with pytest.raises(ValueError, match=r"no head geometry for model type None.*head_layout=\{'mix'"):
+        peft.get_peft_model(Toy(), hora.HoraConfig(r=2, hyper_hidden=4, target_modules=["mix"]))
+    model = peft.get_peft_model(
+        Toy(), hora.HoraConfig(r=2, hyper_hidden=4, target_modules=["mix"], head_layout={"mix": 4}, init_weights=False)
+    )
+    deltas = hora.head_deltas(model, 1, "mix")
+    assert deltas.shape == (3, 4, 12)
+    with pytest.raises(ValueError, match="does not divide the 12 output rows"):
+        peft.get_peft_model(
+            Toy(), hora.HoraConfig(r=2, hyper_hidden=4, target_modules=["mix"], head_layout={"mix": 5})
+        )
+
+
+def test_block_and_projection_keys():
+    assert block_index("model.layers.11.self_attn.q_proj") == 11
+    assert projection_key("model.layers.11.self_attn.q_proj") == "self_attn.q_proj"
+    assert block_index("lm_head") is None and projection_key("lm_head") == "lm_head"
+
+
+def test_each_block_gets_its_own_generator_shared_by_its_projections():
+    model = peft.get_peft_model(tiny_llama(), hora.HoraConfig(r=4, hyper_hidden=8))
+    bank = model.base_model.hora_generator["default"]
+    assert sorted(bank.blocks) == ["block0", "block1"]
+    block = bank.blocks["block0"]
+    assert list(block.a_in) == ["n32"] and list(block.b_in) == ["n8"]  # shared first layers (q and v)
+    assert sorted(block.a_out) == ["self_attn__q_proj", "self_attn__v_proj"]
+    separate = peft.get_peft_model(tiny_llama(), hora.HoraConfig(r=4, hyper_hidden=8, share_qv=False))
+    assert sorted(separate.base_model.hora_generator["default"].blocks["block0"].a_in) == [
+        "self_attn__q_proj",
+        "self_attn__v_proj",
+    ]
+    one = peft.get_peft_model(tiny_llama(), hora.DoranConfig(r=4, hyper_hidden=8, share_across_layers=True))
+    assert list(one.base_model.doran_generator["default"].blocks) == ["all"]
+    assert torch.is_tensor(one.base_model.doran_generator["default"].blocks["all"].a_in["n32"].weight)

@@ -1,0 +1,191 @@
+"""HoRA and DoRAN as PEFT methods: the round trips every PEFT method must get right, on tiny ViT, GPT-2
+(fused c_attn Conv1D) and Llama (grouped-query attention) models built from configs."""
+
+from __future__ import annotations
+
+import peft
+import pytest
+import torch
+from tiny_models import BUILDERS, example_inputs
+
+import hora
+
+
+KINDS = ["vit", "gpt2", "llama"]
+CONFIGS = {
+    "hora": lambda **kw: hora.HoraConfig(r=4, hyper_hidden=8, **kw),
+    "hora-static-a": lambda **kw: hora.HoraConfig(r=4, hyper_hidden=8, generate_a=False, share_qv=False, **kw),
+    "doran": lambda **kw: hora.DoranConfig(r=4, hyper_hidden=8, **kw),
+    "doran-channel-tau": lambda **kw: hora.DoranConfig(r=4, hyper_hidden=8, tau_granularity="channel", **kw),
+    "doran-shared-layers": lambda **kw: hora.DoranConfig(r=4, hyper_hidden=8, share_across_layers=True, **kw),
+    "doran-static": lambda **kw: hora.DoranConfig(r=4, hyper_hidden=8, use_generator=False, **kw),
+}
+MATRIX = [(kind, method) for kind in KINDS for method in CONFIGS]
+
+
+def logits(model, inputs):
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+def adapted(kind: str, method: str, **kw) -> peft.PeftModel:
+    return peft.get_peft_model(BUILDERS[kind](), CONFIGS[method](**kw)).eval()
+
+
+def perturbed(kind: str, method: str) -> peft.PeftModel:
+    """An adapter that is not the identity: random generator output layers and magnitudes off ‖W0‖ + τ."""
+    model = adapted(kind, method, init_weights=False)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "magnitude" in name:
+                param.mul_(1.0 + 0.1 * torch.rand_like(param))
+    return model
+
+
+@pytest.mark.parametrize("kind,method", MATRIX)
+def test_identity_at_init(kind, method):
+    inputs = example_inputs(kind)
+    reference = logits(BUILDERS[kind](), inputs)
+    assert torch.equal(logits(adapted(kind, method), inputs), reference)
+
+
+@pytest.mark.parametrize("kind,method", MATRIX)
+def test_merged_equals_unmerged(kind, method):
+    inputs = example_inputs(kind)
+    model = perturbed(kind, method)
+    unmerged = logits(model, inputs)
+    assert not torch.allclose(unmerged, logits(BUILDERS[kind](), inputs), atol=1e-3)
+    model.merge_adapter()
+    torch.testing.assert_close(logits(model, inputs), unmerged, atol=1e-5, rtol=0)
+    model.unmerge_adapter()
+    torch.testing.assert_close(logits(model, inputs), unmerged, atol=1e-5, rtol=0)
+    merged = model.merge_and_unload()
+    assert not any(isinstance(m, hora.tuners.hora.layer.GeneratedFactorsLayer) for m in merged.modules())
+    torch.testing.assert_close(logits(merged, inputs), unmerged, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind,method", MATRIX)
+def test_save_load_round_trip(kind, method, tmp_path):
+    inputs = example_inputs(kind)
+    model = perturbed(kind, method)
+    model.save_pretrained(tmp_path)
+    config = (tmp_path / "adapter_config.json").read_text()
+    assert f'"peft_type": "{model.peft_config["default"].peft_type}"' in config
+    assert (tmp_path / "adapter_model.safetensors").is_file()
+    loaded = peft.PeftModel.from_pretrained(BUILDERS[kind](), tmp_path).eval()
+    saved = {k: v for k, v in model.state_dict().items()}
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+    # parameters are bit-identical; outputs agree to float rounding (loaded tensors may sit at another memory
+    # alignment, which changes the BLAS summation order)
+    torch.testing.assert_close(logits(loaded, inputs), logits(model, inputs), atol=1e-6, rtol=0)
+    # loaded for inference: nothing trainable, generators included
+    assert not any(p.requires_grad for p in loaded.parameters())
+
+
+@pytest.mark.parametrize("kind,method", MATRIX)
+def test_every_adapter_parameter_gets_a_gradient(kind, method):
+    model = perturbed(kind, method).train()
+    inputs = example_inputs(kind)
+    out = model(**inputs)
+    loss = out.logits.float().pow(2).mean()
+    loss.backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable
+    for name, param in trainable:
+        assert param.grad is not None, f"no gradient for {name}"
+        assert torch.isfinite(param.grad).all(), name
+        assert param.grad.abs().sum() > 0, f"zero gradient for {name}"
+
+
+@pytest.mark.parametrize("kind,method", [(k, m) for k in KINDS for m in ("hora", "doran")])
+def test_a_few_steps_lower_the_loss(kind, method):
+    torch.manual_seed(0)
+    model = adapted(kind, method, modules_to_save=["classifier"] if kind == "vit" else None).train()
+    inputs = example_inputs(kind, batch=4)
+    if kind == "vit":
+        labels = torch.tensor([0, 1, 2, 1])
+        step_loss = lambda: torch.nn.functional.cross_entropy(model(**inputs).logits, labels)  # noqa: E731
+    else:
+        step_loss = lambda: model(**inputs, labels=inputs["input_ids"]).loss  # noqa: E731
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(8):
+        loss = step_loss()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.05, losses
+
+
+@pytest.mark.parametrize("method", ["hora", "doran"])
+def test_disable_and_several_named_adapters(method):
+    inputs = example_inputs("llama")
+    base_out = logits(BUILDERS["llama"](), inputs)
+    model = perturbed("llama", method)
+    first = logits(model, inputs)
+    with model.disable_adapter():
+        assert torch.equal(logits(model, inputs), base_out)
+    model.add_adapter("other", CONFIGS[method](init_weights=False))
+    assert any(f"{method}_generator.other." in n for n, _ in model.named_parameters())
+    # the new adapter is not active, so outputs are unchanged and it is frozen
+    assert torch.equal(logits(model, inputs), first)
+    frozen = [n for n, p in model.named_parameters() if ".other" in n]
+    assert frozen and not any(p.requires_grad for n, p in model.named_parameters() if ".other" in n)
+    model.set_adapter("other")
+    second = logits(model, inputs)
+    assert not torch.allclose(first, second)
+    assert all(p.requires_grad for n, p in model.named_parameters() if ".other" in n)
+    assert not any(p.requires_grad for n, p in model.named_parameters() if ".default" in n)
+    model.set_adapter("default")
+    assert torch.equal(logits(model, inputs), first)
+    model.delete_adapter("other")
+    assert not any(".other" in n for n, _ in model.named_parameters())
+    assert torch.equal(logits(model, inputs), first)
+
+
+def test_two_adapters_save_and_load_into_named_slots(tmp_path):
+    inputs = example_inputs("gpt2")
+    model = perturbed("gpt2", "hora")
+    model.add_adapter("second", CONFIGS["hora"](init_weights=False))
+    model.save_pretrained(tmp_path)
+    model.set_adapter("second")
+    second = logits(model, inputs)
+    loaded = peft.PeftModel.from_pretrained(BUILDERS["gpt2"](), tmp_path / "second", adapter_name="second").eval()
+    torch.testing.assert_close(logits(loaded, inputs), second, atol=1e-6, rtol=0)
+
+
+def test_print_trainable_parameters_counts_the_generator(capsys):
+    model = adapted("vit", "hora")
+    model.print_trainable_parameters()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert f"trainable params: {trainable:,}" in capsys.readouterr().out
+    generator = sum(p.numel() for n, p in model.named_parameters() if "hora_generator" in n)
+    assert 0 < generator < trainable
+
+
+def test_factors_are_cached_at_inference_and_refreshed_after_an_update():
+    model = perturbed("vit", "hora")
+    layer = next(m for m in model.modules() if isinstance(m, hora.HoraModel.tuner_layer_cls))
+    with torch.no_grad():
+        first = layer.factors("default")
+        assert layer.factors("default")[0] is first[0]  # cached: no second generation
+        model.base_model.hora_generator["default"].blocks["block0"].b_in["n8"].weight.add_(0.5)
+        refreshed = layer.factors("default")
+    assert refreshed[1] is not first[1] and not torch.equal(refreshed[1], first[1])
+    # training mode never caches, so gradients always flow
+    model.train()
+    assert layer.factors("default")[0].requires_grad
+
+
+def test_config_errors_are_explicit():
+    with pytest.raises(ValueError, match="hyper_hidden"):
+        hora.HoraConfig(r=16, hyper_hidden=8)
+    with pytest.raises(ValueError, match="`r` must be a positive"):
+        hora.HoraConfig(r=0)
+    with pytest.raises(ValueError, match="tau_init"):
+        hora.DoranConfig(tau_init=0.0)
+    with pytest.raises(ValueError, match="tau_granularity"):
+        hora.DoranConfig(tau_granularity="row")
+    hora.DoranConfig(r=16, hyper_hidden=8, use_generator=False)  # no generator: no width constraint
