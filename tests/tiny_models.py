@@ -75,3 +75,16 @@ def example_inputs(kind: str, batch: int = 2, seed: int = 1) -> dict[str, torch.
 
 def output_tensor(output) -> torch.Tensor:
     return output.logits
+
+
+def char_tokenizer():
+    """A character-level fast tokenizer over 64 symbols, matching the tiny LMs' vocabulary."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    symbols = ["<eos>", "<unk>"] + list(" abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.,;:!?'-\n")
+    vocab = {s: i for i, s in enumerate(symbols[:64])}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tokenizer.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<eos>", unk_token="<unk>")

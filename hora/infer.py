@@ -1,0 +1,157 @@
+"""Inference helpers for side-by-side comparisons: top-k classes, sampled generation streamed token by
+token, the next-token distribution and the perplexity of a passage."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torch import nn
+
+
+@dataclass
+class Prediction:
+    """Top-k classes of one image under one model."""
+
+    labels: list[str]
+    probabilities: list[float]
+    latency_ms: float
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def classify(model: nn.Module, processor, image: Image.Image, top_k: int = 5) -> Prediction:
+    """Top-k classes of ``image``. ``processor`` is the base model's image processor (resizing and
+    normalisation); the latency covers preprocessing and the forward pass."""
+    start = time.perf_counter()
+    pixels = processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"]
+    logits = model(pixel_values=pixels.to(model_device(model))).logits[0].float()
+    probabilities = logits.softmax(-1)
+    k = min(top_k, probabilities.numel())
+    top = probabilities.topk(k)
+    latency = (time.perf_counter() - start) * 1000
+    id2label = getattr(getattr(model, "config", None), "id2label", None) or {}
+    labels = [str(id2label.get(int(i), int(i))) for i in top.indices]
+    return Prediction(labels, [float(p) for p in top.values], latency)
+
+
+def _encode(tokenizer, text: str, max_tokens: int | None = None) -> tuple[torch.Tensor, bool]:
+    """Token ids (1, T) of ``text``, keeping the last ``max_tokens``; also whether it was truncated."""
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    if ids.shape[1] == 0:  # an empty prompt starts from the start-of-text token (GPT-2 style models use EOS)
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        if start is None:
+            raise ValueError("The prompt is empty and the tokenizer has no BOS/EOS token to start from.")
+        ids = torch.tensor([[start]])
+    truncated = max_tokens is not None and ids.shape[1] > max_tokens
+    return (ids[:, -max_tokens:] if truncated else ids), truncated
+
+
+def context_length(model: nn.Module) -> int:
+    config = model.config
+    return int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 1024))
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_k: int, generator: torch.Generator) -> int:
+    """One token from (V,) logits: greedy at temperature 0, else softmax(logits / T) within the top k."""
+    if temperature <= 0:
+        return int(logits.argmax())
+    logits = logits.float() / temperature
+    if 0 < top_k < logits.numel():
+        kth = logits.topk(top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    return int(torch.multinomial(logits.softmax(-1).cpu(), 1, generator=generator))
+
+
+@torch.no_grad()
+def generate_stream(
+    model: nn.Module,
+    tokenizer,
+    prompt: str,
+    max_new_tokens: int = 64,
+    temperature: float = 0.8,
+    top_k: int = 40,
+    seed: int = 0,
+) -> Iterator[str]:
+    """Yield the generated text so far after every new token (the prompt not included).
+
+    Sampling uses its own seeded generator, so the same seed gives the same text for the same model. The
+    prompt keeps its last tokens when it does not fit the context; generation stops at the context limit
+    or an end-of-sequence token.
+    """
+    device = model_device(model)
+    limit = context_length(model)
+    ids, _ = _encode(tokenizer, prompt, max_tokens=max(1, limit - max_new_tokens))
+    ids = ids.to(device)
+    generator = torch.Generator().manual_seed(seed)
+    new: list[int] = []
+    past = None
+    step_input = ids
+    for _ in range(max_new_tokens):
+        if ids.shape[1] + len(new) > limit:
+            break
+        out = model(input_ids=step_input, past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        token = _sample(out.logits[0, -1], temperature, top_k, generator)
+        if token == tokenizer.eos_token_id:
+            break
+        new.append(token)
+        step_input = torch.tensor([[token]], device=device)
+        yield tokenizer.decode(new, skip_special_tokens=True)
+
+
+@dataclass
+class TokenDistribution:
+    tokens: list[str]
+    probabilities: list[float]
+
+
+@torch.no_grad()
+def next_token_topk(model: nn.Module, tokenizer, prompt: str, k: int = 10) -> TokenDistribution:
+    """The k most likely next tokens after ``prompt`` and their probabilities."""
+    ids, _ = _encode(tokenizer, prompt, max_tokens=context_length(model))
+    probabilities = model(input_ids=ids.to(model_device(model))).logits[0, -1].float().softmax(-1)
+    top = probabilities.topk(min(k, probabilities.numel()))
+    tokens = [tokenizer.decode([int(i)]) for i in top.indices]
+    return TokenDistribution(tokens, [float(p) for p in top.values])
+
+
+@dataclass
+class Perplexity:
+    loss: float  # mean negative log-likelihood per token, nats
+    perplexity: float
+    tokens: int
+    truncated: bool
+
+
+@torch.no_grad()
+def perplexity(model: nn.Module, tokenizer, text: str, max_tokens: int | None = None) -> Perplexity:
+    """Perplexity of ``text`` under ``model``, over windows of the model's context (no overlap).
+
+    ``max_tokens`` caps the work on long pastes (the first tokens are scored and ``truncated`` says so).
+    """
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
+    if ids.numel() < 2:
+        raise ValueError("The passage needs at least two tokens to score.")
+    truncated = max_tokens is not None and ids.numel() > max_tokens
+    if truncated:
+        ids = ids[:max_tokens]
+    window = context_length(model)
+    total, count = 0.0, 0
+    device = model_device(model)
+    for start in range(0, ids.numel() - 1, window):
+        chunk = ids[start : start + window + 1].to(device)
+        if chunk.numel() < 2:
+            break
+        logits = model(input_ids=chunk[:-1].unsqueeze(0)).logits[0].float()
+        total += float(torch.nn.functional.cross_entropy(logits, chunk[1:], reduction="sum"))
+        count += chunk.numel() - 1
+    loss = total / count
+    return Perplexity(loss, math.exp(loss), count, truncated)
