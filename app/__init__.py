@@ -1,0 +1,1 @@
+"""The hora explorer (Gradio). A thin UI over hora's public API."""

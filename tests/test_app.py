@@ -1,0 +1,125 @@
+"""The explorer driven through gradio_client, as any API user would: every endpoint, on a store of tiny
+models (the embedded assets have their own test in test_app_embedded.py)."""
+
+from __future__ import annotations
+
+import json
+
+import peft
+import pytest
+from app_fixtures import tiny_store
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+from tiny_models import tiny_llama
+
+import hora
+from app.main import build_app, launch
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    demo = build_app(tiny_store())
+    _, url, _ = launch(demo, prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    client = Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
+    yield client
+    client.close()
+    demo.close()
+
+
+def plot(value) -> dict:
+    return json.loads(value["plot"])
+
+
+def test_every_event_is_a_named_endpoint(client):
+    endpoints = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert {"/classify", "/generate", "/next_tokens", "/perplexity", "/heads", "/heads_options", "/load_base", "/load_adapter"} <= endpoints
+    assert not client.view_api(print_info=False, return_format="dict")["unnamed_endpoints"]
+
+
+def test_classify_returns_top_classes_per_model(client, tmp_path):
+    path = tmp_path / "odd.png"
+    Image.new("LA", (7, 31), (90, 255)).save(path)  # odd size and mode
+    figure, table = client.predict("tiny-vit", handle_file(str(path)), ["base", "LORA", "HoRA"], api_name="/classify")
+    bars = plot(figure)["data"]
+    assert [b["name"] for b in bars] == ["base", "LORA", "HoRA"]
+    assert all(sorted(label.strip() for label in b["y"]) == ["one", "two", "zero"] for b in bars)
+    assert [row[0] for row in table["data"]] == ["base", "LORA", "HoRA"]
+    assert all(row[3] > 0 for row in table["data"])  # latency in ms
+
+
+def test_classify_without_an_image_says_what_to_do(client):
+    with pytest.raises(AppError, match="Upload an image"):
+        client.predict("tiny-vit", None, ["base"], api_name="/classify")
+
+
+def test_generation_streams_side_by_side(client):
+    job = client.submit("tiny-llama", "to be", ["base", "HoRA"], 6, 0.0, 0, 0, api_name="/generate")
+    outputs = job.outputs()
+    job.result()
+    assert len(outputs) >= 2  # streamed: the empty start, then one update per token round
+    final_html, _ = outputs[-1]
+    assert final_html.count('class="gen-col"') == 2 and ">base<" in final_html and ">HoRA<" in final_html
+
+
+def test_generation_refuses_numbers_out_of_range_and_reports_edges(client):
+    with pytest.raises(AppError, match="greater than maximum value 256"):
+        client.predict("tiny-llama", "x", ["base"], 10_000, 0.5, 5, 1, api_name="/generate")
+    with pytest.raises(AppError, match="less than minimum"):
+        client.predict("tiny-llama", "x", ["base"], 5, -1.0, 5, 1, api_name="/generate")
+    job = client.submit("tiny-llama", "", ["base"], 3, 2.0, 0, 1, api_name="/generate")
+    job.result()
+    assert "Empty prompt" in job.outputs()[-1][1]
+    long = client.submit("tiny-llama", "ab " * 2000, ["base"], 2, 0.0, 0, 0, api_name="/generate")
+    long.result()
+    assert "cut to its last" in long.outputs()[-1][1]
+
+
+def test_next_tokens_and_perplexity(client):
+    figure = client.predict("tiny-llama", "hello", ["base", "HoRA"], api_name="/next_tokens")
+    assert [len(b["x"]) for b in plot(figure)["data"]] == [10, 10]
+    table, notice = client.predict("tiny-llama", "hello there friend", ["base", "HoRA"], api_name="/perplexity")
+    assert [row[0] for row in table["data"]] == ["base", "HoRA"] and all(row[1] > 1 for row in table["data"])
+    assert notice == ""
+
+
+def test_heads_endpoints_return_head_by_head_matrices(client):
+    adapters, layers, projections = client.predict("tiny-llama", api_name="/heads_options")
+    assert set(adapters["value"]) == {"LORA", "HoRA"} and [c[1] for c in layers["choices"]] == [0, 1]
+    deltas, factors, similarity, summary, pca = client.predict("tiny-llama", ["LORA", "HoRA"], 1, "v", "cka", api_name="/heads")
+    heat = [t for t in plot(deltas)["data"] if t["type"] == "heatmap"]
+    assert len(heat) == 4  # 2 adapters x 2 key/value heads (GQA)
+    assert all(len(t["z"]) == 8 and len(t["z"][0]) == 32 for t in heat)  # head_dim x in_features
+    sims = plot(similarity)["data"]
+    assert len(sims) == 2 and all(len(s["z"]) == 2 and len(s["z"][0]) == 2 for s in sims)
+    assert all(s["z"][i][i] == pytest.approx(1, abs=1e-4) for s in sims for i in range(2))
+    assert {t["name"] for t in plot(summary)["data"]} == {"LORA", "HoRA"}
+    assert sum(len(t["x"]) for t in plot(pca)["data"]) == 2 * 2 * 4  # adapters x heads x rank
+    assert len([t for t in plot(factors)["data"] if t["type"] == "heatmap"]) == 2 * (1 + 2)
+
+
+def test_heads_refuses_a_base_without_adapters_choice(client):
+    with pytest.raises(AppError, match="Pick at least one adapter"):
+        client.predict("tiny-llama", [], 0, "q", "cosine", api_name="/heads")
+
+
+def test_models_tab_loads_local_folders_for_this_session_only(client, tmp_path):
+    base = tiny_llama()
+    base.save_pretrained(tmp_path / "base")
+    from tiny_models import char_tokenizer
+
+    char_tokenizer().save_pretrained(tmp_path / "base")
+    peft.get_peft_model(tiny_llama(), hora.HoraConfig(r=4, hyper_hidden=8)).save_pretrained(tmp_path / "adapter")
+    rows, message, *_ = client.predict(str(tmp_path / "base"), api_name="/load_base")
+    assert "Loaded" in message and rows["data"][-1][0] == "all" and rows["data"][-1][2] == sum(p.numel() for p in base.parameters())
+    rows, message = client.predict("tiny-llama", str(tmp_path / "adapter"), api_name="/load_adapter")
+    assert "HoRA" in message
+    generator_row = next(r for r in rows["data"] if r[0] == "generator")
+    assert generator_row[2] > 0
+
+
+def test_unreachable_hub_gives_a_clear_message(client, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(AppError) as err:
+        client.predict("nobody/no-such-model", api_name="/load_base")
+    assert "offline" in str(err.value).lower() or "not found" in str(err.value).lower()
