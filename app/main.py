@@ -17,10 +17,13 @@ CSS = """
 .gen-name {font-weight: 600; margin-bottom: 4px}
 .gen-text {white-space: pre-wrap; font-size: 0.9em; background: var(--block-background-fill); padding: 8px; border-radius: 6px}
 .gen-prompt {opacity: 0.55}
-.caption {font-size: 0.9em; opacity: 0.85; margin-top: -8px}
+.caption {font-size: 0.9em; opacity: 0.85}
 """
 
-THEME = gr.themes.Soft()
+# System fonts: the theme's default Google Fonts cannot load on an offline machine (and would stall the page).
+THEME = gr.themes.Soft(
+    font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "Consolas", "monospace"]
+)
 
 
 def _variant_choices(store: ModelStore, session: SessionModels | None, base_name: str) -> dict:
