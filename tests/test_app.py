@@ -33,7 +33,16 @@ def plot(value) -> dict:
 
 def test_every_event_is_a_named_endpoint(client):
     endpoints = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    assert {"/classify", "/generate", "/next_tokens", "/perplexity", "/heads", "/heads_options", "/load_base", "/load_adapter"} <= endpoints
+    assert {
+        "/classify",
+        "/generate",
+        "/next_tokens",
+        "/perplexity",
+        "/heads",
+        "/heads_options",
+        "/load_base",
+        "/load_adapter",
+    } <= endpoints
     assert not client.view_api(print_info=False, return_format="dict")["unnamed_endpoints"]
 
 
@@ -86,7 +95,9 @@ def test_next_tokens_and_perplexity(client):
 def test_heads_endpoints_return_head_by_head_matrices(client):
     adapters, layers, projections = client.predict("tiny-llama", api_name="/heads_options")
     assert set(adapters["value"]) == {"LORA", "HoRA"} and [c[1] for c in layers["choices"]] == [0, 1]
-    deltas, factors, similarity, summary, pca = client.predict("tiny-llama", ["LORA", "HoRA"], 1, "v", "cka", api_name="/heads")
+    deltas, factors, similarity, summary, pca = client.predict(
+        "tiny-llama", ["LORA", "HoRA"], 1, "v", "cka", api_name="/heads"
+    )
     heat = [t for t in plot(deltas)["data"] if t["type"] == "heatmap"]
     assert len(heat) == 4  # 2 adapters x 2 key/value heads (GQA)
     assert all(len(t["z"]) == 8 and len(t["z"][0]) == 32 for t in heat)  # head_dim x in_features
@@ -111,7 +122,11 @@ def test_models_tab_loads_local_folders_for_this_session_only(client, tmp_path):
     char_tokenizer().save_pretrained(tmp_path / "base")
     peft.get_peft_model(tiny_llama(), hora.HoraConfig(r=4, hyper_hidden=8)).save_pretrained(tmp_path / "adapter")
     rows, message, *_ = client.predict(str(tmp_path / "base"), api_name="/load_base")
-    assert "Loaded" in message and rows["data"][-1][0] == "all" and rows["data"][-1][2] == sum(p.numel() for p in base.parameters())
+    assert (
+        "Loaded" in message
+        and rows["data"][-1][0] == "all"
+        and rows["data"][-1][2] == sum(p.numel() for p in base.parameters())
+    )
     rows, message = client.predict("tiny-llama", str(tmp_path / "adapter"), api_name="/load_adapter")
     assert "HoRA" in message
     generator_row = next(r for r in rows["data"] if r[0] == "generator")

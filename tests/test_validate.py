@@ -25,7 +25,10 @@ def saved(tmp_path, base_factory, config, name="adapter"):
     [
         (tiny_llama, hora.HoraConfig(r=4, hyper_hidden=8)),
         (tiny_gpt2, hora.DoranConfig(r=4, hyper_hidden=8, tau_granularity="channel")),
-        (tiny_vit, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], use_dora=True, modules_to_save=["classifier"])),
+        (
+            tiny_vit,
+            peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], use_dora=True, modules_to_save=["classifier"]),
+        ),
     ],
 )
 def test_good_adapters_pass(tmp_path, factory, config):
