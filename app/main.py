@@ -6,7 +6,7 @@ from functools import partial
 
 import gradio as gr
 
-from app import compare, heads, models_tab
+from app import compare, finetune, heads, models_tab
 from app.settings import LIMITS
 from app.store import ModelStore, SessionModels, base_names, variants_of
 
@@ -41,11 +41,22 @@ def _kw(update: dict) -> dict:
     return {k: v for k, v in update.items() if k in ("choices", "value")}
 
 
-def build_app(store: ModelStore, examples: list[str] | None = None, sample_passage: str = "") -> gr.Blocks:
-    """The Blocks app over ``store``. ``examples``: image paths offered in Compare (never run at start-up)."""
+def build_app(
+    store: ModelStore,
+    examples: list[str] | None = None,
+    sample_passage: str = "",
+    samples: dict[str, str] | None = None,
+) -> gr.Blocks:
+    """The Blocks app over ``store``.
+
+    ``examples``: image paths offered in Compare (never run at start-up); ``samples``: bundled datasets for
+    Fine-tune, name -> path.
+    """
+    samples = samples or {}
     image_bases, lm_bases = store.names("image"), store.names("lm")
     with gr.Blocks(title="hora explorer", delete_cache=(3600, 3600)) as demo:
-        session = gr.State(SessionModels(), time_to_live=6 * 3600)  # deep-copied per session
+        # deep-copied per session; closing a session stops its run and deletes its temporary folder
+        session = gr.State(SessionModels(), time_to_live=6 * 3600, delete_callback=SessionModels.close)
         gr.Markdown(
             "# hora explorer\nHoRA generates every attention head's low-rank update from one shared hypernetwork; "
             "LoRA adapts each head on its own. Compare them on the same inputs, look inside them head by head, "
@@ -115,6 +126,48 @@ def build_app(store: ModelStore, examples: list[str] | None = None, sample_passa
             ]:
                 plots.append(gr.Plot(label=label, elem_id=f"heads-{key}"))
                 gr.Markdown(heads.CAPTIONS[key], elem_classes="caption")
+
+        with gr.Tab("Fine-tune", id="finetune"):
+            gr.Markdown(
+                f"Few-shot fine-tuning on your data or a bundled sample. Runs are limited to {LIMITS.max_train_steps} "
+                f"steps and {LIMITS.max_train_seconds} s; what you train stays in your session. Device: "
+                f"**{finetune.device_description()}**."
+            )
+            with gr.Row():
+                with gr.Column(scale=1):
+                    ft_base = gr.Dropdown(bases, value=bases[0] if bases else None, label="Base model")
+                    upload = gr.File(
+                        label="Data: image zip (class folders), CSV / JSONL (text,label) or TXT",
+                        file_types=[".zip", ".csv", ".jsonl", ".txt"],
+                        type="filepath",
+                    )
+                    sample = gr.Dropdown(list(samples), value=None, label="…or a bundled sample")
+                    methods = gr.CheckboxGroup(
+                        [(finetune.METHOD_LABELS[m], m) for m in finetune.METHOD_CHOICES],
+                        value=["lora", "hora"],
+                        label="Methods",
+                        elem_id="ft-methods",
+                    )
+                    with gr.Row():
+                        rank = gr.Slider(1, 32, value=8, step=1, label="Rank r")
+                        steps = gr.Slider(1, LIMITS.max_train_steps, value=60, step=1, label="Steps")
+                    with gr.Row():
+                        lr = gr.Number(value=3e-3, label="Learning rate")
+                        shots = gr.Slider(1, 64, value=8, step=1, label="Shots per class")
+                        ft_seed = gr.Number(value=0, precision=0, label="Seed")
+                    with gr.Row():
+                        start_btn = gr.Button("Start", variant="primary", elem_id="ft-start")
+                        stop_btn = gr.Button("Stop", variant="stop", elem_id="ft-stop")
+                with gr.Column(scale=2):
+                    ft_status = gr.Markdown(elem_id="ft-status")
+                    curves = gr.Plot(label="Curves", elem_id="ft-curves")
+                    ft_table = gr.Dataframe(
+                        headers=["method", "trainable params", "steps", "held-out metric", "seconds", "stopped"],
+                        label="Results",
+                    )
+                    downloads = gr.File(label="Trained adapters (PEFT format, zip)", file_count="multiple")
+                    use_btn = gr.Button("Use these adapters in Compare and Heads", elem_id="ft-use")
+                    use_message = gr.Markdown()
 
         with gr.Tab("Models", id="models"):
             gr.Markdown(
@@ -186,6 +239,21 @@ def build_app(store: ModelStore, examples: list[str] | None = None, sample_passa
             api_name="heads",
             concurrency_limit=LIMITS.inference_concurrency,
         )
+        train_event = start_btn.click(
+            partial(finetune.run, store, samples),
+            [session, ft_base, upload, sample, methods, rank, steps, lr, shots, ft_seed],
+            [ft_status, curves, ft_table, downloads, session],
+            api_name="finetune",
+            concurrency_limit=LIMITS.training_concurrency,
+            concurrency_id="training",
+        )
+        stop_btn.click(finetune.stop, session, ft_status, cancels=[train_event], api_name="stop", queue=False)
+        use_btn.click(
+            partial(finetune.use_adapters, store),
+            session,
+            [use_message, session, vision_variants, lm_variants, heads_base, heads_adapters],
+            api_name="use_adapters",
+        )
         load_base_btn.click(
             partial(models_tab.load_base, store),
             [session, base_name_box],
@@ -221,4 +289,6 @@ def create_app() -> gr.Blocks:
     examples = sorted(str(p) for p in examples_dir.glob("*.png")) if examples_dir.is_dir() else []
     passages = sorted(examples_dir.glob("*.txt")) if examples_dir.is_dir() else []
     passage = passages[0].read_text(encoding="utf-8")[:1500] if passages else ""
-    return build_app(store, examples=examples, sample_passage=passage)
+    samples_dir = hub.assets_dir() / "samples"
+    samples = {p.name: str(p) for p in sorted(samples_dir.iterdir())} if samples_dir.is_dir() else {}
+    return build_app(store, examples=examples, sample_passage=passage, samples=samples)

@@ -35,7 +35,7 @@ def load_base(store: ModelStore, session: SessionModels, name: str):
         loaded = hub.load_base(name)
     except ValueError as err:  # HubError and bad configs: the message says what to do
         raise gr.Error(str(err)) from err
-    base = Base(name, loaded.kind, loaded.model.eval(), loaded.processor, f"{loaded.source}: {name}")
+    base = Base(name, loaded.kind, loaded.model.eval(), loaded.processor, f"{loaded.source}: {name}", str(loaded.path))
     base.variants["base"] = Variant("base", "base", base.model, base.source)
     session.bases[name] = base
     message = f"Loaded **{name}** ({loaded.kind} model, from {loaded.source}). It is visible in this session only."

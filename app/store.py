@@ -8,8 +8,11 @@ live in that user's session (``SessionModels``), never in the shared store.
 from __future__ import annotations
 
 import copy
+import shutil
+import tempfile
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from torch import nn
@@ -35,6 +38,7 @@ class Base:
     model: nn.Module
     processor: Any  # image processor or tokenizer
     source: str
+    location: str | None = None  # what hora.train can load it from: a folder, asset name or repo id
     variants: dict[str, Variant] = field(default_factory=dict)
 
     def fresh_copy(self) -> nn.Module:
@@ -49,8 +53,10 @@ class ModelStore:
         self.bases: dict[str, Base] = {}
         self._lock = threading.Lock()
 
-    def add_base(self, name: str, kind: Kind, model: nn.Module, processor: Any, source: str) -> Base:
-        base = Base(name, kind, model.eval(), processor, source)
+    def add_base(
+        self, name: str, kind: Kind, model: nn.Module, processor: Any, source: str, location: str | None = None
+    ) -> Base:
+        base = Base(name, kind, model.eval(), processor, source, location)
         base.variants["base"] = Variant("base", "base", base.model, source)
         with self._lock:
             self.bases[name] = base
@@ -73,9 +79,28 @@ class SessionModels:
 
     bases: dict[str, Base] = field(default_factory=dict)
     variants: dict[str, dict[str, Variant]] = field(default_factory=dict)
+    runs: dict[str, Any] = field(default_factory=dict)  # method -> hora.train.TrainResult of the last fine-tune
+    run_base: str | None = None  # the base those runs adapted
+    train_seconds: float = 0.0  # fine-tuning time used by this session
+    cancel: threading.Event | None = None
+    workdir: Path | None = None
 
     def add(self, base_name: str, variant: Variant) -> None:
         self.variants.setdefault(base_name, {})[variant.name] = variant
+
+    def folder(self) -> Path:
+        """This session's private temporary folder (uploads, trained adapters, zips), made on first use."""
+        if self.workdir is None or not self.workdir.is_dir():
+            self.workdir = Path(tempfile.mkdtemp(prefix="hora-session-"))
+        return self.workdir
+
+    def close(self) -> None:
+        """Stop any run and delete the session's folder: called when the session ends."""
+        if self.cancel is not None:
+            self.cancel.set()
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
 
 
 def get_base(store: ModelStore, session: SessionModels | None, base_name: str) -> Base:
@@ -118,7 +143,7 @@ def embedded_store() -> ModelStore:
     assets = hub.embedded_assets()
     for name in [n for n in assets if "/" not in n]:
         loaded = hub.load_base(name)
-        base = store.add_base(name, loaded.kind, loaded.model, loaded.processor, f"embedded: {name}")
+        base = store.add_base(name, loaded.kind, loaded.model, loaded.processor, f"embedded: {name}", name)
         for adapter_name in [n for n in assets if n.startswith(f"{name}/")]:
             model = hub.load_adapter(base.fresh_copy(), adapter_name)
             method = adapter_name.split("/", 1)[1]

@@ -7,7 +7,7 @@ import json
 
 import peft
 import pytest
-from app_fixtures import tiny_store
+from app_fixtures import tiny_samples, tiny_store
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
@@ -19,7 +19,8 @@ from app.main import build_app, launch
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    demo = build_app(tiny_store())
+    root = tmp_path_factory.mktemp("models")
+    demo = build_app(tiny_store(root), samples=tiny_samples(root / "samples"))
     _, url, _ = launch(demo, prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
     client = Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
     yield client
@@ -138,3 +139,74 @@ def test_unreachable_hub_gives_a_clear_message(client, monkeypatch):
     with pytest.raises(AppError) as err:
         client.predict("nobody/no-such-model", api_name="/load_base")
     assert "offline" in str(err.value).lower() or "not found" in str(err.value).lower()
+
+
+def test_finetune_streams_curves_and_returns_loadable_adapters(client, tmp_path):
+    job = client.submit(
+        "tiny-vit", None, "shapes.zip", ["head", "lora", "hora"], 4, 12, 0.01, 4, 0, api_name="/finetune"
+    )
+    outputs = job.outputs() if job.result() is not None else []
+    assert len(outputs) > 5  # streamed step by step
+    status, curves, table, files, *_ = outputs[-1]
+    assert status.startswith("Done.")
+    rows = table["data"]
+    assert [r[0] for r in rows] == ["head-only", "LoRA", "HoRA"] and all(r[2] == 12 for r in rows)
+    losses = [t for t in plot(curves)["data"] if t["xaxis"] == "x"]
+    assert all(len(t["y"]) == 12 for t in losses)
+    hora_loss = next(t["y"] for t in losses if t["name"] == "HoRA")
+    assert sum(hora_loss[-3:]) < sum(hora_loss[:3])  # learning
+    assert len(files) == 3
+    import zipfile
+
+    hora_zip = next(f for f in files if "hora" in f)
+    with zipfile.ZipFile(hora_zip) as archive:
+        archive.extractall(tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "metrics.json").is_file()
+    from tiny_models import tiny_vit
+
+    base = tiny_vit()
+    base.classifier = __import__("torch").nn.Linear(32, 3)
+    loaded = peft.PeftModel.from_pretrained(base, tmp_path / "adapter")
+    assert loaded.peft_config["default"].peft_type == "HORA"
+
+
+def test_finetune_refuses_bad_data_with_a_message(client, tmp_path):
+    bad = tmp_path / "bad.zip"
+    import zipfile
+
+    with zipfile.ZipFile(bad, "w") as archive:
+        archive.writestr("../evil.png", b"x")
+    with pytest.raises(AppError, match=r"\.\."):
+        client.predict("tiny-vit", handle_file(str(bad)), None, ["lora"], 4, 5, 0.01, 4, 0, api_name="/finetune")
+    with pytest.raises(AppError, match="Tick at least one method"):
+        client.predict("tiny-vit", None, "shapes.zip", [], 4, 5, 0.01, 4, 0, api_name="/finetune")
+    with pytest.raises(AppError, match="image model"):
+        client.predict("tiny-vit", None, "verse.txt", ["lora"], 4, 5, 0.01, 4, 0, api_name="/finetune")
+
+
+def test_stop_really_stops_a_run(client):
+    job = client.submit("tiny-llama", None, "verse.txt", ["lora"], 4, 400, 0.01, 4, 0, api_name="/finetune")
+    import time
+
+    deadline = time.monotonic() + 60
+    while len(job.outputs()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    client.predict(api_name="/stop")
+    deadline = time.monotonic() + 30
+    while not job.done() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert job.done()
+    status, _, table, files, *_ = job.outputs()[-1]
+    if status.startswith("Stopped"):  # the generator finished: the engine stopped between steps, kept its adapter
+        assert table["data"][0][2] < 400 and table["data"][0][5] == "cancelled" and len(files) == 1
+    else:  # Gradio cancelled the generator itself mid-stream
+        assert "/400" in status and "400/400" not in status
+
+
+def test_trained_adapters_join_compare_and_heads_for_this_session(client):
+    job = client.submit("tiny-llama", None, "verse.txt", ["hora"], 4, 6, 0.01, 4, 0, api_name="/finetune")
+    job.result()
+    message, *_ = client.predict(api_name="/use_adapters")
+    assert "hora" in message
+    table, _ = client.predict("tiny-llama", "to be or not", ["base", "HoRA (yours)"], api_name="/perplexity")
+    assert [r[0] for r in table["data"]] == ["base", "HoRA (yours)"]
