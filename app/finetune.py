@@ -91,6 +91,7 @@ def run(
     lr: float,
     shots: float,
     seed: float,
+    progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio injects the progress tracker
 ) -> Iterator[tuple]:
     """Train each chosen method in turn; yields (status, curves, table, files, session) as it goes."""
     if not base_name:
@@ -172,6 +173,7 @@ def run(
                     history["eval_step"].append(event.step)
                     history[metric].append(event.metrics[metric])
                 done = (index + event.step / event.total_steps) / len(methods)
+                progress(done, desc=f"{METHOD_LABELS[method]} step {event.step}/{event.total_steps}")
                 status = (
                     f"**{METHOD_LABELS[method]}** step {event.step}/{event.total_steps} · loss {event.loss:.4f} · "
                     f"{event.step_time * 1000:.0f} ms/step on {event.device} · overall {100 * done:.0f}%"

@@ -38,16 +38,17 @@ CHROMIUM_ARGS = [
 
 
 @pytest.fixture(scope="module")
-def app_url():
+def app_url(tmp_path_factory):
     from app.main import build_app, create_app, launch
     from hora import hub
 
     if hub.embedded_assets():
         demo = create_app()
     else:  # no embedded assets in this checkout: the tiny test store still exercises the UI
-        from app_fixtures import tiny_store
+        from app_fixtures import tiny_samples, tiny_store
 
-        demo = build_app(tiny_store())
+        root = tmp_path_factory.mktemp("models")
+        demo = build_app(tiny_store(root), samples=tiny_samples(root / "samples"))
     _, url, _ = launch(demo, prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
     yield url
     demo.close()
@@ -90,6 +91,24 @@ def test_heads_tab_renders_heatmaps(page):
     assert page.locator("#heads-similarity .js-plotly-plot").count() == 1
     assert page.locator("#heads-pca .js-plotly-plot .scatterlayer .point").count() > 0
     shot(page, "heads")
+
+
+def test_finetune_starts_streams_and_stops(page):
+    page.get_by_role("tab", name="Fine-tune").click()
+    sample = page.get_by_label("…or a bundled sample")
+    sample.click()
+    page.get_by_role("option").first.click()
+    page.get_by_label("Steps").last.fill("400")
+    page.locator("#ft-start").click()
+    status = page.locator("#ft-status")
+    playwright_api.expect(status).to_contain_text("step", timeout=60_000)
+    playwright_api.expect(page.locator("#ft-curves .js-plotly-plot")).to_be_attached(timeout=30_000)
+    page.locator("#ft-stop").dispatch_event("click")  # the streaming layout keeps moving: no "stable" wait
+    playwright_api.expect(status).not_to_contain_text("400/400", timeout=30_000)
+    page.wait_for_timeout(3000)
+    text = status.inner_text()
+    assert "400/400" not in text
+    shot(page, "finetune")  # after the stop: a page that streams never settles for a full-page screenshot
 
 
 def test_models_tab_renders(page):
