@@ -4,6 +4,7 @@ Importing hora registers ``HORA`` and ``DORAN`` with PEFT, after which ``peft.ge
 ``save_pretrained`` and ``PeftModel.from_pretrained`` work for them as for LoRA.
 """
 
+from hora.data import DataError, DataLimits
 from hora.geometry import HEAD_LAYOUTS, HeadLayout, resolve_layout
 from hora.registration import register
 from hora.tuners.doran import DoranConfig, DoranModel
@@ -29,6 +30,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "HEAD_LAYOUTS",
+    "DataError",
+    "DataLimits",
     "DoranConfig",
     "DoranModel",
     "HeadFactors",
