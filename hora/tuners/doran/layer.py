@@ -120,28 +120,18 @@ class DoranLinear(nn.Module, DoranLayer):
         self.update_layer(adapter_name, config, generator, projection, layout)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if self.disable_adapters:
-            if self.merged:
-                self.unmerge()
-            return self.base_layer(x, *args, **kwargs)
-        result = self.base_layer(x, *args, **kwargs)
-        if self.merged:
-            return result
-        result_dtype = result.dtype
+        return self._forward(x, *args, **kwargs)
+
+    def _apply_adapter(self, adapter: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
         bias = self.get_base_layer().bias
-        w0 = self._base_weight()
-        for adapter in self.active_adapters:
-            if adapter not in self.doran_A_seed:
-                continue
-            A, B = self.factors(adapter)  # (r, in), (out, r)
-            scale = self._row_scale(adapter, w0)  # (out,)
-            h = self.doran_dropout[adapter](x.to(A.dtype))
-            low_rank = F.linear(F.linear(h, A), B) * self.scaling[adapter]  # (..., out)
-            # W'x + b = scale ⊙ (W0 x + s·BAx) + b, with W0 x = result − b
-            plain = result if bias is None else result - bias
-            adapted = scale * (plain.to(scale.dtype) + low_rank)
-            result = (adapted if bias is None else adapted + bias).to(result_dtype)
-        return result
+        A, B = self.factors(adapter)  # (r, in), (out, r)
+        scale = self._row_scale(adapter, self._base_weight())  # (out,)
+        h = self.doran_dropout[adapter](x.to(A.dtype))
+        low_rank = F.linear(F.linear(h, A), B) * self.scaling[adapter]  # (..., out)
+        # W'x + b = scale ⊙ (W0 x + s·BAx) + b, with W0 x = result − b
+        plain = result if bias is None else result - bias
+        adapted = scale * (plain.to(scale.dtype) + low_rank)
+        return adapted if bias is None else adapted + bias
 
     def __repr__(self) -> str:
         return "doran." + super().__repr__()

@@ -159,6 +159,24 @@ class GeneratedFactorsLayer(BaseTunerLayer):
         """Merge the active (or the named) adapters into the base weight."""
         self._merge_with(adapter_names, safe_merge)
 
+    def _forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Base output, then each active adapter's contribution (``_apply_adapter``), or the merged weight."""
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        result = self.base_layer(x, *args, **kwargs)
+        if self.merged:
+            return result
+        result_dtype = result.dtype
+        for adapter in self.active_adapters:
+            if adapter in self.A_seed:
+                result = self._apply_adapter(adapter, x, result).to(result_dtype)
+        return result
+
+    def _apply_adapter(self, adapter: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError  # abstract
+
     # subclasses define how a merge changes the weight (in the base layer's orientation) and how to undo it
     def _merged_weight(self, adapter: str, weight: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError  # abstract
@@ -220,21 +238,12 @@ class HoraLinear(nn.Module, HoraLayer):
         self.update_layer(adapter_name, config, generator, projection, layout)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if self.disable_adapters:
-            if self.merged:
-                self.unmerge()
-            return self.base_layer(x, *args, **kwargs)
-        result = self.base_layer(x, *args, **kwargs)
-        if self.merged:
-            return result
-        result_dtype = result.dtype
-        for adapter in self.active_adapters:
-            if adapter not in self.hora_A_seed:
-                continue
-            A, B = self.factors(adapter)
-            h = self.hora_dropout[adapter](x.to(A.dtype))
-            result = result + (F.linear(F.linear(h, A), B) * self.scaling[adapter]).to(result_dtype)
-        return result
+        return self._forward(x, *args, **kwargs)
+
+    def _apply_adapter(self, adapter: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        A, B = self.factors(adapter)  # (r, in), (out, r)
+        h = self.hora_dropout[adapter](x.to(A.dtype))
+        return result + (F.linear(F.linear(h, A), B) * self.scaling[adapter]).to(result.dtype)
 
     def __repr__(self) -> str:
         return "hora." + super().__repr__()
