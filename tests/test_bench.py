@@ -1,0 +1,101 @@
+"""The benchmark harness runs on a tiny configuration and writes well-formed outputs (timings are never asserted)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from test_train import save_vit, write_image_folder
+
+import hora
+from hora import bench
+from hora.cli import main
+from hora.train import TrainConfig
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    return save_vit(root / "vit"), write_image_folder(root / "data", per_class=5)
+
+
+def test_t_quantiles():
+    assert bench.t_quantile_975(1) == pytest.approx(12.7062, abs=1e-4)
+    assert bench.t_quantile_975(4) == pytest.approx(2.7764, abs=1e-4)
+    assert bench.t_quantile_975(10**9) == pytest.approx(1.95996, abs=1e-4)
+    scipy_stats = pytest.importorskip("scipy.stats")
+    for df in (1, 2, 5, 29, 35, 50, 90, 200, 1000):
+        assert bench.t_quantile_975(df) == pytest.approx(scipy_stats.t.ppf(0.975, df), abs=2e-4)
+
+
+def test_mean_ci():
+    summary = bench.mean_ci([1.0, 2.0, 3.0, 4.0, 5.0])
+    half = 2.7764451 * math.sqrt(2.5) / math.sqrt(5)
+    assert summary["mean"] == 3.0 and summary["n"] == 5
+    assert summary["ci_low"] == pytest.approx(3.0 - half) and summary["ci_high"] == pytest.approx(3.0 + half)
+    single = bench.mean_ci([0.5])
+    assert single["ci_low"] == single["ci_high"] == 0.5
+
+
+def test_sample_efficiency_writes_json_and_figure(setup, tmp_path):
+    base, data = setup
+    config = TrainConfig(steps=2, batch_size=4, eval_every=None, r=4, hyper_hidden=8)
+    out = tmp_path / "se"
+    report = bench.sample_efficiency(
+        base, data, methods=["lora", "hora"], shots=[1, 2], seeds=[0, 1], config=config, out_dir=out
+    )
+    saved = json.loads((out / "sample_efficiency.json").read_text())
+    assert saved["results"] == json.loads(json.dumps(report["results"]))
+    assert saved["metric"] == "accuracy" and saved["higher_is_better"] and saved["shots"] == [1, 2]
+    assert len(saved["runs"]) == 2 * 2 * 2
+    for method in ("lora", "hora"):
+        for shots in ("1", "2"):
+            row = saved["results"][method][shots]
+            assert row["n"] == 2 and row["ci_low"] <= row["mean"] <= row["ci_high"]
+            assert all(0.0 <= v <= 1.0 for v in row["values"])
+    assert (out / "sample_efficiency.html").is_file() and saved["figure"]["html"] == "sample_efficiency.html"
+    assert saved["figure"]["png"] or "kaleido" in saved["figure"]["png_note"]
+
+
+def test_speed_writes_ratios_to_lora(setup, tmp_path):
+    base, _ = setup
+    methods = ["lora", "dora", "hora"] + (["doran"] if hasattr(hora, "DoranConfig") else [])
+    out = tmp_path / "speed"
+    report = bench.speed(base, methods=methods, steps=2, warmup=1, batch_size=2, r=4, hyper_hidden=8, out_dir=out)
+    saved = json.loads((out / "speed.json").read_text())
+    assert saved["methods"] == methods and saved["device"] == "cpu"
+    assert saved["ratios_to_lora"]["lora"] == {"step_time": 1.0, "memory": 1.0, "trainable_params": 1.0}
+    for method in methods:
+        row = saved["train"][method]
+        assert row["step_seconds"] > 0 and row["activation_bytes"] > 0 and row["trainable_params"] > 0
+        assert {f"{method}/unmerged", f"{method}/merged"} <= set(saved["inference_seconds"])
+    assert saved["inference_ratios_to_base"]["base"] == 1.0
+    assert (out / "speed.html").is_file()
+    table = bench.speed_table(report)
+    assert all(m in table for m in methods)
+
+
+def test_bench_cli(setup, tmp_path, capsys):
+    base, data = setup
+    args = ["bench", "speed", "--base", str(base), "--methods", "lora,hora", "--steps", "1", "--warmup", "0"]
+    assert main([*args, "--batch-size", "2", "--rank", "4", "--hyper-hidden", "8", "--out", str(tmp_path / "s")]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["ok"] and set(summary["ratios_to_lora"]) == {"lora", "hora"}
+    assert (tmp_path / "s" / "speed.json").is_file()
+
+    args = ["bench", "sample-efficiency", "--base", str(base), "--data", str(data), "--methods", "head,hora"]
+    args += ["--shots", "1,2", "--seeds", "2", "--steps", "2", "--rank", "4", "--hyper-hidden", "8"]
+    assert main([*args, "--out", str(tmp_path / "se")]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["ok"] and summary["metric"] == "accuracy" and set(summary["mean"]["hora"]) == {"1", "2"}
+    assert json.loads((tmp_path / "se" / "sample_efficiency.json").read_text())["seeds"] == [0, 1]

@@ -1,0 +1,322 @@
+"""Training: every method learns, runs are reproducible, cancel / NaN guard / atomic writes behave, and
+what is saved loads back and evaluates to the same numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from pathlib import Path
+
+import numpy as np
+import peft
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file
+from tiny_models import char_tokenizer, tiny_gpt2, tiny_llama, tiny_vit
+
+import hora
+import hora.train as train_module
+from hora.data import few_shot_split, load_data
+from hora.train import StepEvent, TrainConfig, evaluate, load_trained, lr_at, train
+
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+TEXT = "the quick brown fox jumps over the lazy dog. a bird sings in the tall tree.\n"
+
+
+def write_image_folder(root: Path, per_class: int = 8) -> Path:
+    """Class folders of 16x16 PNGs: a coloured square on noise, one colour per class."""
+    rng = np.random.default_rng(0)
+    for name, colour in COLOURS.items():
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 90, (16, 16, 3), dtype=np.uint8)
+            pixels[4:12, 4:12] = colour
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+def save_vit(folder: Path) -> Path:
+    tiny_vit().save_pretrained(folder)
+    return folder
+
+
+def save_gpt2(folder: Path) -> Path:
+    tiny_gpt2().save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from more threads, and on a busy machine extra threads only contend."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def image_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("image")
+    return save_vit(root / "vit"), write_image_folder(root / "data")
+
+
+@pytest.fixture(scope="module")
+def lm_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lm")
+    (root / "corpus.txt").write_text("".join(TEXT for _ in range(24)))
+    return save_gpt2(root / "gpt2"), root / "corpus.txt"
+
+
+@pytest.fixture(scope="module")
+def llama_base(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("llama") / "llama"
+    tiny_llama().save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    return folder
+
+
+FAST = {"shots": 3, "steps": 12, "lr": 1e-2, "batch_size": 6, "eval_every": None, "r": 4, "hyper_hidden": 8}
+
+
+def _adapter_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "adapter_model.safetensors")
+
+
+@pytest.mark.parametrize("method", ["head", "full", "lora", "dora", "hora", "doran"])
+def test_every_method_lowers_the_loss_on_images(image_setup, method):
+    if method == "doran" and not hasattr(hora, "DoranConfig"):
+        pytest.skip("hora.DoranConfig is not available yet")
+    base, data = image_setup
+    result = train(base, data, TrainConfig(method=method, **FAST))
+    losses = result.history["loss"]
+    assert result.stopped == "completed" and len(losses) == FAST["steps"]
+    assert min(losses[-3:]) < losses[0]
+    assert result.final["loss"] < math.log(3)  # better than chance on the held-out images
+
+
+@pytest.mark.parametrize(("arch", "method"), [("gpt2", "lora"), ("gpt2", "hora"), ("llama", "doran")])
+def test_language_modelling_lowers_the_held_out_loss(lm_setup, llama_base, arch, method):
+    if method == "doran" and not hasattr(hora, "DoranConfig"):
+        pytest.skip("hora.DoranConfig is not available yet")
+    base, corpus = lm_setup
+    base = llama_base if arch == "llama" else base
+    config = TrainConfig(method=method, shots=None, steps=10, lr=1e-2, batch_size=4, context=32, r=4, hyper_hidden=8)
+    result = train(base, corpus, config, eval_every=5)
+    assert result.history["eval_step"] == [5, 10]
+    assert min(result.history["loss"][-3:]) < result.history["loss"][0]
+    assert result.final["perplexity"] == pytest.approx(math.exp(result.final["loss"]))
+    split = result.metrics["split"]
+    assert split["train"] and split["eval"] and not set(split["train"]) & set(split["eval"])
+
+
+def test_text_classification_on_a_causal_lm(tmp_path, lm_setup):
+    base, _ = lm_setup
+    rows = ["text,label"] + [f"{w} {w} {w},{w[0]}" for w in ["apple", "banana", "cherry"] * 4]
+    (tmp_path / "t.csv").write_text("\n".join(rows))
+    result = train(base, tmp_path / "t.csv", TrainConfig(method="lora", shots=2, steps=8, lr=1e-2, r=4))
+    assert result.metrics["task"] == "text" and result.task.id2label == {0: "a", 1: "b", 2: "c"}
+    assert min(result.history["loss"][-3:]) < result.history["loss"][0]
+
+
+def test_text_classification_needs_a_classification_head(tmp_path, image_setup):
+    base, _ = image_setup  # a ViT has no sequence-classification head
+    (tmp_path / "t.csv").write_text("text,label\n" + "\n".join(f"w{i},{i % 2}" for i in range(8)))
+    with pytest.raises(ValueError, match="sequence-classification head"):
+        train(base, tmp_path / "t.csv", TrainConfig(method="lora", shots=2, steps=2))
+
+
+def test_same_seed_gives_bit_identical_runs(image_setup, tmp_path):
+    base, data = image_setup
+    config = TrainConfig(method="hora", **FAST)
+    first = train(base, data, config, out_dir=tmp_path / "a")
+    second = train(base, data, config, out_dir=tmp_path / "b")
+    assert first.history["loss"] == second.history["loss"]
+    a, b = _adapter_tensors(tmp_path / "a"), _adapter_tensors(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    other = train(base, data, config, seed=1)
+    assert other.history["loss"] != first.history["loss"]
+    assert other.metrics["split"]["train"] != first.metrics["split"]["train"]
+
+
+def test_step_events_stream_loss_lr_time_and_metrics(image_setup):
+    base, data = image_setup
+    events: list[StepEvent] = []
+    config = TrainConfig(method="lora", **{**FAST, "steps": 6, "eval_every": 3}, warmup_ratio=0.34)
+    train(base, data, config, callback=events.append)
+    assert [e.step for e in events] == [1, 2, 3, 4, 5, 6]
+    assert all(e.device == "cpu" and e.step_time > 0 and e.examples_per_s > 0 for e in events)
+    assert [e.metrics is not None for e in events] == [False, False, True, False, False, True]
+    assert set(events[2].metrics) == {"accuracy", "loss"}
+    assert events[0].lr < events[1].lr  # warm-up ...
+    assert events[-1].lr < events[2].lr  # ... then cosine decay
+
+
+def test_warmup_then_cosine():
+    config = TrainConfig(steps=10, lr=1.0, warmup_ratio=0.2)
+    assert [lr_at(s, config) for s in (0, 1)] == [0.5, 1.0]
+    assert lr_at(2, config) == pytest.approx(1.0)
+    assert lr_at(6, config) == pytest.approx(0.5)
+    assert lr_at(9, config) < 0.05
+
+
+def test_cancel_returns_and_saves_a_usable_adapter(image_setup, tmp_path):
+    base, data = image_setup
+    cancel = threading.Event()
+
+    def stop_after_three(event: StepEvent) -> None:
+        if event.step == 3:
+            cancel.set()
+
+    out = tmp_path / "run"
+    result = train(
+        base, data, TrainConfig(method="hora", **FAST), out_dir=out, callback=stop_after_three, cancel=cancel
+    )
+    assert result.stopped == "cancelled" and result.metrics["steps_done"] == 3
+    assert "Cancelled after 3" in result.message
+    loaded, task, run = load_trained(base, out)
+    assert isinstance(loaded, peft.PeftModel) and run["stopped"] == "cancelled"
+    # the folder is a plain PEFT adapter too
+    from transformers import ViTForImageClassification
+
+    fresh = ViTForImageClassification.from_pretrained(base)
+    plain = peft.PeftModel.from_pretrained(fresh, out).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(pixel_values=x).logits, result.model(pixel_values=x).logits)
+    assert evaluate(loaded, load_data(data), task, indices=run["split"]["eval"]) == pytest.approx(result.final)
+
+
+def test_huge_learning_rate_stops_with_a_message_and_finite_weights(image_setup, tmp_path):
+    base, data = image_setup
+    result = train(base, data, TrainConfig(method="lora", **{**FAST, "lr": 1e30}), out_dir=tmp_path / "nan")
+    assert result.stopped == "non_finite"
+    assert "learning rate" in result.message
+    assert result.metrics["steps_done"] < FAST["steps"]
+    saved = _adapter_tensors(tmp_path / "nan")
+    assert all(torch.isfinite(t).all() for t in saved.values())
+    assert math.isfinite(result.final["loss"])
+
+
+def test_injected_nan_keeps_the_last_good_weights(image_setup, tmp_path, monkeypatch):
+    base, data = image_setup
+    config = TrainConfig(method="hora", **FAST)
+    # reference: the weights after two steps, from a run cancelled there
+    cancel = threading.Event()
+    train(base, data, config, out_dir=tmp_path / "two", callback=lambda e: e.step == 2 and cancel.set(), cancel=cancel)
+
+    real_loss, calls = train_module.compute_loss, {"train": 0}
+
+    def nan_on_fourth_step(task, model, batch):
+        loss, logits = real_loss(task, model, batch)
+        if model.training:
+            calls["train"] += 1
+            if calls["train"] == 4:
+                return loss * float("nan"), logits
+        return loss, logits
+
+    monkeypatch.setattr(train_module, "compute_loss", nan_on_fourth_step)
+    result = train(base, data, config, out_dir=tmp_path / "nan")
+    assert result.stopped == "non_finite" and "step 4" in result.message
+    assert result.metrics["steps_done"] == 3
+    # step 4's loss came from the weights after step 3; the guard goes back to those step 3 started from
+    good, kept = _adapter_tensors(tmp_path / "two"), _adapter_tensors(tmp_path / "nan")
+    assert all(torch.equal(good[k], kept[k]) for k in good)
+
+
+def test_interrupted_save_leaves_no_partial_folder(image_setup, tmp_path, monkeypatch):
+    base, data = image_setup
+    out = tmp_path / "run"
+
+    def broken_card(metrics):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(train_module, "model_card", broken_card)
+    with pytest.raises(RuntimeError, match="disk full"):
+        train(base, data, TrainConfig(method="lora", **{**FAST, "steps": 2}), out_dir=out)
+    assert not out.exists()
+    assert not list(tmp_path.glob(".tmp-*"))
+    # an earlier run in the same folder survives a failed overwrite
+    monkeypatch.undo()
+    train(base, data, TrainConfig(method="lora", **{**FAST, "steps": 2}), out_dir=out)
+    before = sorted(p.name for p in out.iterdir())
+    monkeypatch.setattr(train_module, "model_card", broken_card)
+    with pytest.raises(RuntimeError):
+        train(base, data, TrainConfig(method="hora", **{**FAST, "steps": 2}), out_dir=out)
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert json.loads((out / "metrics.json").read_text())["method"] == "lora"
+
+
+def test_outputs_metrics_and_model_card(image_setup, tmp_path):
+    base, data = image_setup
+    out = tmp_path / "run"
+    result = train(base, data, TrainConfig(method="hora", **{**FAST, "eval_every": 4}), out_dir=out)
+    assert {"adapter_config.json", "adapter_model.safetensors", "metrics.json", "README.md"} <= {
+        p.name for p in out.iterdir()
+    }
+    metrics = json.loads((out / "metrics.json").read_text())
+    expected = few_shot_split(load_data(data).labels, FAST["shots"], 0)
+    assert metrics["split"]["train"] == expected.train and metrics["split"]["eval"] == expected.eval
+    assert metrics["seed"] == 0 and metrics["id2label"] == {"0": "blue", "1": "green", "2": "red"}
+    assert metrics["final"] == result.final and metrics["best"]["step"] in (4, 8, 12)
+    assert metrics["history"]["eval_step"] == [4, 8, 12] and len(metrics["history"]["eval_accuracy"]) == 3
+    assert metrics["device"]["type"] == "cpu" and metrics["device"]["peak_memory_bytes"] > 0
+    assert metrics["timing"]["examples_per_s"] > 0 and metrics["config"]["method"] == "hora"
+    assert metrics["data"]["source"] == str(data)
+    card = (out / "README.md").read_text()
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front["base_model"] == str(base) and front["library_name"] == "peft"
+    assert "hora" in front["tags"] and front["hora"]["shots"] == FAST["shots"] and front["hora"]["seed"] == 0
+    assert front["metrics"] == ["accuracy", "loss"] and front["datasets"] == [str(data)]
+    assert json.loads((out / "adapter_config.json").read_text())["modules_to_save"] == ["classifier"]
+
+
+@pytest.mark.parametrize("method", ["head", "full"])
+def test_head_and_full_runs_load_back(image_setup, tmp_path, method):
+    base, data = image_setup
+    out = tmp_path / method
+    result = train(base, data, TrainConfig(method=method, **{**FAST, "steps": 4}), out_dir=out)
+    files = {p.name for p in out.iterdir()}
+    assert ({"head.safetensors", "head_config.json"} if method == "head" else {"config.json"}) <= files
+    model, task, run = load_trained(base, out)
+    assert model.config.id2label == {0: "blue", 1: "green", 2: "red"}
+    metrics = evaluate(model, load_data(data), task, indices=run["split"]["eval"])
+    assert metrics == pytest.approx(result.final)
+
+
+def test_lm_round_trip(lm_setup, tmp_path):
+    base, corpus = lm_setup
+    out = tmp_path / "lm"
+    config = TrainConfig(method="hora", shots=4, steps=4, context=32, r=4, hyper_hidden=8)
+    result = train(base, corpus, config, out_dir=out)
+    assert len(result.metrics["split"]["train_chunks"]) == 4
+    model, task, run = load_trained(base, out)
+    split = run["split"]
+    metrics = evaluate(model, load_data(corpus), task, indices=split["eval"], max_examples=split["eval_chunks"])
+    assert metrics == pytest.approx(result.final)
+
+
+def test_early_stopping(image_setup):
+    base, data = image_setup
+    # a learning rate so small that the held-out accuracy cannot change: stops after `patience` evaluations
+    result = train(base, data, TrainConfig(method="lora", **{**FAST, "lr": 1e-12, "eval_every": 1}), patience=2)
+    assert result.stopped == "early_stopping" and result.metrics["steps_done"] == 3
+    assert result.best["step"] == 1
+
+
+def test_clear_errors(image_setup, tmp_path):
+    base, data = image_setup
+    with pytest.raises(ValueError, match="Unknown method"):
+        TrainConfig(method="qlora")
+    with pytest.raises(ValueError, match="steps"):
+        TrainConfig(steps=0)
+    with pytest.raises(ValueError, match="examples per class"):
+        train(base, data, TrainConfig(method="lora", **{**FAST, "shots": 50}))
+    with pytest.raises(ValueError, match="task='lm'"):
+        train(base, load_data(data), TrainConfig(method="lora", task="lm", **FAST))
+    with pytest.raises(ValueError, match="not a .txt file"):  # hora.data's DataError, a ValueError
+        train(base, data, TrainConfig(method="lora", task="lm", **FAST))
