@@ -1,0 +1,99 @@
+"""Cold-start benchmark: ``python -m app.bench [--runs 3]``.
+
+Starts ``python -m app`` in a fresh process, times (1) until the server answers HTTP and (2) until the
+page is usable in headless Chromium (the Compare tab's Classify button is visible), stops it, and prints
+the medians as JSON on the last line. Needs Debian's chromium and the playwright package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cold_start(timeout: float = 120.0) -> dict[str, float]:
+    """One cold start: seconds to HTTP ready and to a usable page."""
+    from playwright.sync_api import sync_playwright
+
+    port = _free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    start = time.perf_counter()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "app", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(f"the app exited with code {server.returncode}")
+            if time.perf_counter() - start > timeout:
+                raise TimeoutError("the app did not answer in time")
+            try:
+                urllib.request.urlopen(url, timeout=1)
+                break
+            except OSError:
+                time.sleep(0.05)
+        http_ready = time.perf_counter() - start
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.goto(url, wait_until="domcontentloaded")
+            page.locator("#classify-btn").wait_for(state="visible", timeout=timeout * 1000)
+            usable = time.perf_counter() - start
+            browser.close()
+        return {"http_ready_s": http_ready, "page_usable_s": usable}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    runs = []
+    for i in range(args.runs):
+        runs.append(cold_start())
+        print(
+            f"run {i + 1}: HTTP ready {runs[-1]['http_ready_s']:.2f} s, page usable {runs[-1]['page_usable_s']:.2f} s"
+        )
+    summary = {
+        "runs": runs,
+        "median_http_ready_s": statistics.median(r["http_ready_s"] for r in runs),
+        "median_page_usable_s": statistics.median(r["page_usable_s"] for r in runs),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
