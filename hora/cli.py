@@ -5,6 +5,7 @@
     python -m hora eval --base runs/vit --adapter runs/hora --data digits.zip
     python -m hora bench sample-efficiency --base runs/vit --data digits.zip --methods lora,hora --out runs/bench
     python -m hora bench speed --base runs/vit --out runs/speed
+    python -m hora push runs/hora user/my-hora-adapter          # token from HF_TOKEN
     accelerate launch --num_processes 2 -m hora train ...      # data-parallel, no code change
 
 Progress bars go to stderr; the last line of stdout is always a JSON summary (``"ok": false`` and an
@@ -150,6 +151,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--match-params", action="store_true")
     p.add_argument("--device", default="auto", choices=["auto", "cpu"])
     p.add_argument("--out", required=True)
+    p = sub.add_parser("push", help="upload an adapter folder (with its model card) to the Hugging Face Hub")
+    p.add_argument("adapter_dir")
+    p.add_argument("repo_id", help="user-or-org/name")
+    p.add_argument("--public", action="store_true", help="create the repo public (default: private)")
+    p.add_argument("--dry-run", metavar="DIR", help="write the exact repo content to DIR instead of uploading")
     return parser
 
 
@@ -318,7 +324,15 @@ def cmd_bench(args: argparse.Namespace) -> dict:
     return {"command": "bench sample-efficiency", "out": args.out, "metric": report["metric"], "mean": means}
 
 
-COMMANDS = {"demo": cmd_demo, "train": cmd_train, "eval": cmd_eval, "bench": cmd_bench}
+def cmd_push(args: argparse.Namespace) -> dict:
+    from hora.push import push, push_plan
+
+    plan = push_plan(args.adapter_dir, args.repo_id)
+    where = push(args.adapter_dir, args.repo_id, private=not args.public, dry_run_dir=args.dry_run)
+    return {"command": "push", "repo_id": args.repo_id, "files": plan.files, "to": where}
+
+
+COMMANDS = {"demo": cmd_demo, "train": cmd_train, "eval": cmd_eval, "bench": cmd_bench, "push": cmd_push}
 
 
 def main(argv: list[str] | None = None) -> int:
