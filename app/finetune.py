@@ -224,3 +224,23 @@ def use_adapters(store: ModelStore, session: SessionModels):
     adapters, _, _ = options(store, session, base_name)
     message = f"Added {', '.join(session.runs)} to {base_name}: pick them in Compare and Heads."
     return message, session, vision, lm, gr.update(choices=base_names(store, session), value=base_name), adapters
+
+
+def push_adapters(session: SessionModels, repo_id: str, token: str | None) -> str:
+    """Push this session's trained adapters to ``repo_id`` (one repo per method: ``repo_id-<method>``).
+
+    The token comes from the password box or ``HF_TOKEN``; it is used for this call only, never stored.
+    """
+    from hora.push import PushError, push
+
+    if not session.runs:
+        raise gr.Error("Fine-tune something first.")
+    repo_id = (repo_id or "").strip()
+    pushed = []
+    for method, result in session.runs.items():
+        target = repo_id if len(session.runs) == 1 else f"{repo_id}-{method}"
+        try:
+            pushed.append(push(result.out_dir, target, token=token or None))
+        except PushError as err:
+            raise gr.Error(str(err)) from err
+    return "Pushed: " + ", ".join(pushed)

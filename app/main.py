@@ -168,6 +168,12 @@ def build_app(
                     downloads = gr.File(label="Trained adapters (PEFT format, zip)", file_count="multiple")
                     use_btn = gr.Button("Use these adapters in Compare and Heads", elem_id="ft-use")
                     use_message = gr.Markdown()
+                    with gr.Accordion("Push to the Hugging Face Hub", open=False):
+                        with gr.Row():
+                            repo_box = gr.Textbox(label="Repo id", placeholder="your-name/my-hora-adapter")
+                            token_box = gr.Textbox(label="Token (or set HF_TOKEN)", type="password")
+                        push_btn = gr.Button("Push", elem_id="ft-push")
+                        push_message = gr.Markdown()
 
         with gr.Tab("Models", id="models"):
             gr.Markdown(
@@ -254,6 +260,7 @@ def build_app(
             [use_message, session, vision_variants, lm_variants, heads_base, heads_adapters],
             api_name="use_adapters",
         )
+        push_btn.click(finetune.push_adapters, [session, repo_box, token_box], push_message, api_name="push")
         load_base_btn.click(
             partial(models_tab.load_base, store),
             [session, base_name_box],

@@ -210,3 +210,13 @@ def test_trained_adapters_join_compare_and_heads_for_this_session(client):
     assert "hora" in message
     table, _ = client.predict("tiny-llama", "to be or not", ["base", "HoRA (yours)"], api_name="/perplexity")
     assert [r[0] for r in table["data"]] == ["base", "HoRA (yours)"]
+
+
+def test_push_needs_a_token_and_a_run(client, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    job = client.submit("tiny-llama", None, "verse.txt", ["lora"], 4, 3, 0.01, 4, 0, api_name="/finetune")
+    job.result()
+    with pytest.raises(AppError, match="not a Hub repo id"):
+        client.predict("no-slash", "", api_name="/push")
+    with pytest.raises(AppError, match="No Hugging Face token"):  # the server runs in this process
+        client.predict("me/adapter", "", api_name="/push")
