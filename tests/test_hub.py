@@ -1,0 +1,202 @@
+"""hora.hub: local folders, embedded names and Hub repos, the latter from a hand-built cache with no network."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import peft
+import pytest
+import torch
+from tiny_models import char_tokenizer, example_inputs, tiny_llama, tiny_vit
+from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
+
+import hora
+from hora.hub import HubError, LoadedBase, embedded_assets, load_adapter, load_base, read_card
+
+
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+def hub_cache_repo(cache: Path, repo_id: str, source: Path, commit: str = SHA, ref: str = "main") -> Path:
+    """Copy ``source`` into ``cache`` in the Hub cache layout: blobs/ by sha256, snapshots/<commit>/ of
+    relative symlinks, refs/<ref> holding the commit."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    for file in sorted(p for p in source.rglob("*") if p.is_file()):
+        digest = hashlib.sha256(file.read_bytes()).hexdigest()
+        blob = repo / "blobs" / digest
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(file, blob)
+        link = snapshot / file.relative_to(source)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / ref).write_text(commit)
+    return snapshot
+
+
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch) -> Path:
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def save_llama(folder: Path) -> Path:
+    tiny_llama().save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    (folder / "README.md").write_text("---\nlicense: apache-2.0\ntags: [test]\n---\n# tiny llama\n")
+    return folder
+
+
+def save_vit(folder: Path) -> Path:
+    tiny_vit().save_pretrained(folder)
+    ViTImageProcessorPil(size={"height": 16, "width": 16}).save_pretrained(folder)
+    return folder
+
+
+def test_load_base_from_hub_cache_offline(tmp_path, offline_cache):
+    snapshot = hub_cache_repo(offline_cache, "someone/tiny-llama", save_llama(tmp_path / "src"))
+    base = load_base("someone/tiny-llama")
+    assert isinstance(base, LoadedBase)
+    assert (base.kind, base.source, base.name) == ("lm", "hub", "someone/tiny-llama")
+    assert base.path == snapshot and not base.model.training
+    assert base.card == {"license": "apache-2.0", "tags": ["test"]}
+    ids = base.processor("to be", return_tensors="pt")["input_ids"]
+    assert base.model(input_ids=ids).logits.shape[:2] == ids.shape
+    reference = tiny_llama()
+    torch.testing.assert_close(base.model(input_ids=ids).logits, reference(input_ids=ids).logits)
+
+
+def test_revision_pins_a_commit_and_unknown_revision_is_a_hub_error(tmp_path, offline_cache):
+    hub_cache_repo(offline_cache, "someone/tiny-llama", save_llama(tmp_path / "src"))
+    assert load_base("someone/tiny-llama", revision=SHA).path.name == SHA
+    with pytest.raises(HubError, match="HF_HUB_OFFLINE"):
+        load_base("someone/tiny-llama", revision="v2")
+
+
+def test_missing_repo_offline_says_how_to_fix(offline_cache):
+    with pytest.raises(HubError) as info:
+        load_base("nobody/nothing")
+    message = str(info.value)
+    assert isinstance(info.value, ValueError)
+    assert "HF_HUB_OFFLINE" in message and "hf download nobody/nothing" in message and "HF_HUB_CACHE" in message
+
+
+def test_unreachable_hub_is_a_hub_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:  # offline since import: the call never reaches the endpoint
+        pytest.skip("HF_HUB_OFFLINE was set when huggingface_hub was imported")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: connection refused at once
+    with pytest.raises(HubError, match="unreachable"):
+        load_base("nobody/nothing")
+
+
+def test_pickle_only_repo_is_refused(tmp_path, offline_cache):
+    source = tmp_path / "src"
+    tiny_llama().config.save_pretrained(source)
+    (source / "pytorch_model.bin").write_bytes(b"not loaded")
+    hub_cache_repo(offline_cache, "someone/pickled", source)
+    with pytest.raises(HubError, match="safetensors"):
+        load_base("someone/pickled")
+
+
+def test_trust_remote_code_is_refused(tmp_path):
+    with pytest.raises(HubError, match="trust_remote_code"):
+        load_base(save_llama(tmp_path / "m"), trust_remote_code=True)
+
+
+def test_local_image_model_with_processor(tmp_path):
+    base = load_base(save_vit(tmp_path / "vit"))
+    assert (base.kind, base.source, base.card) == ("image", "local", {})
+    assert isinstance(base.processor, ViTImageProcessorPil)
+    from PIL import Image
+
+    pixels = base.processor(images=Image.new("RGB", (8, 8)), return_tensors="pt")["pixel_values"]
+    assert pixels.shape == (1, 3, 16, 16)
+
+
+def test_adapter_from_hub_cache_matches_the_trained_one(tmp_path, offline_cache):
+    torch.manual_seed(0)
+    trained = peft.get_peft_model(tiny_vit(), hora.HoraConfig(r=4, hyper_hidden=8, init_weights="random"))
+    trained.save_pretrained(tmp_path / "adapter")
+    hub_cache_repo(offline_cache, "someone/tiny-vit", save_vit(tmp_path / "vit"))
+    hub_cache_repo(offline_cache, "someone/tiny-vit-hora", tmp_path / "adapter")
+
+    base = load_base("someone/tiny-vit")
+    model = load_adapter(base, "someone/tiny-vit-hora")
+    assert isinstance(model, peft.PeftModel) and model.peft_config["default"].peft_type == "HORA"
+    x = example_inputs("vit")
+    with torch.no_grad():
+        torch.testing.assert_close(model(**x).logits, trained.eval()(**x).logits)
+
+    # a second adapter on the same PeftModel, then switching between them
+    second = load_adapter(model, tmp_path / "adapter", adapter_name="again")
+    assert second is model and model.active_adapter == "again"
+
+
+def test_wrong_kind_of_folder(tmp_path):
+    peft.get_peft_model(tiny_vit(), peft.LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp_path / "a")
+    with pytest.raises(HubError, match="load_adapter"):
+        load_base(tmp_path / "a")
+    with pytest.raises(HubError, match="load_base"):
+        load_adapter(tiny_vit(), save_vit(tmp_path / "vit"))
+    with pytest.raises(HubError, match="neither a folder"):
+        load_base("./no/such/folder")
+
+
+def test_embedded_names_resolve(tmp_path, monkeypatch):
+    root = tmp_path / "assets"
+    save_vit(root / "tiny")
+    peft.get_peft_model(tiny_vit(), peft.LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(
+        root / "tiny" / "adapters" / "lora"
+    )
+    monkeypatch.setenv("HORA_ASSETS", str(root))
+    assert list(embedded_assets()) == ["tiny", "tiny/lora"]
+    base = load_base("tiny")
+    assert base.source == "embedded"
+    assert isinstance(load_adapter(base, "lora"), peft.PeftModel)  # a bare name is scoped to the base
+    assert read_card(root / "tiny") == {}
+
+
+def test_new_label_set_adapter_and_head_only_run(tmp_path):
+    """hora.train's runs for a new label set: the classifier is resized before the saved head fills it."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from hora.train import new_head
+
+    labels = {i: f"class {i}" for i in range(6)}  # tiny_vit has 3 labels
+    torch.manual_seed(0)
+    trained = tiny_vit()
+    new_head(trained, labels)
+    head_weights = {f"classifier.{k}": v.detach().clone() for k, v in trained.classifier.state_dict().items()}
+    adapted = peft.get_peft_model(
+        trained, peft.LoraConfig(r=2, target_modules=["q_proj"], modules_to_save=["classifier"])
+    )
+    adapted.save_pretrained(tmp_path / "lora")
+    (tmp_path / "lora" / "metrics.json").write_text(json.dumps({"id2label": {str(k): v for k, v in labels.items()}}))
+    model = load_adapter(tiny_vit(), tmp_path / "lora")
+    x = example_inputs("vit")
+    with torch.no_grad():
+        torch.testing.assert_close(model(**x).logits, adapted.eval()(**x).logits)
+    assert model.config.id2label[5] == "class 5"
+
+    head = tmp_path / "head"
+    head.mkdir()
+    save_file(head_weights, head / "head.safetensors")
+    config = {"format": "hora-head", "modules": ["classifier"], "id2label": {str(k): v for k, v in labels.items()}}
+    (head / "head_config.json").write_text(json.dumps(config))
+    model = load_adapter(tiny_vit(), head)
+    assert not isinstance(model, peft.PeftModel) and model.classifier.out_features == 6
+    torch.testing.assert_close(model.classifier.weight, head_weights["classifier.weight"])
