@@ -21,7 +21,7 @@ import gradio as gr
 from app import figures
 from app.settings import LIMITS, clamp
 from app.store import METHOD_LABELS, ModelStore, SessionModels, Variant, base_names, get_base, variants_of
-from hora.data import DataError, load_data
+from hora.data import DataError, detect_task, load_data
 from hora.train import TrainConfig, data_kind, train
 
 
@@ -47,10 +47,26 @@ def device_description() -> str:
     return f"CPU ({os.cpu_count()} cores)"
 
 
+def sample_tasks(samples: dict[str, str]) -> dict[str, str]:
+    """The task of each bundled sample (``image``, ``text`` or ``lm``), read once when the app is built."""
+    return {name: detect_task(path) for name, path in samples.items()}
+
+
+def sample_choices(
+    store: ModelStore, tasks: dict[str, str], session: SessionModels | None, base_name: str | None
+) -> dict:
+    """The bundled samples a base can train on: image data for an image model, text for a language model."""
+    kind = get_base(store, session, base_name).kind if base_name else None
+    names = [n for n, task in tasks.items() if kind is None or (task == "image") == (kind == "image")]
+    return gr.update(choices=names, value=None)
+
+
 def _data_path(upload: str | None, sample: str | None, samples: dict[str, str]) -> str:
     if upload:
         return upload
-    if sample and sample in samples:
+    if sample:
+        if sample not in samples:
+            raise gr.Error(f"No bundled sample {sample!r}; the samples are: {', '.join(samples) or 'none'}.")
         return samples[sample]
     raise gr.Error("Upload a dataset (image zip, CSV, JSONL or TXT) or pick a bundled sample.")
 

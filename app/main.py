@@ -53,6 +53,7 @@ def build_app(
     Fine-tune, name -> path.
     """
     samples = samples or {}
+    tasks = finetune.sample_tasks(samples)
     image_bases, lm_bases = store.names("image"), store.names("lm")
     with gr.Blocks(title="hora explorer", delete_cache=(3600, 3600)) as demo:
         # deep-copied per session; closing a session stops its run and deletes its temporary folder
@@ -141,7 +142,11 @@ def build_app(
                         file_types=[".zip", ".csv", ".jsonl", ".txt"],
                         type="filepath",
                     )
-                    sample = gr.Dropdown(list(samples), value=None, label="…or a bundled sample")
+                    sample = gr.Dropdown(  # choices follow the base; the handler checks the name, so the API
+                        label="…or a bundled sample",  # may name any bundled sample whatever the base shown
+                        allow_custom_value=True,
+                        **_kw(finetune.sample_choices(store, tasks, None, bases[0] if bases else None)),
+                    )
                     methods = gr.CheckboxGroup(
                         [(finetune.METHOD_LABELS[m], m) for m in finetune.METHOD_CHOICES],
                         value=["lora", "hora"],
@@ -252,6 +257,9 @@ def build_app(
             api_name="finetune",
             concurrency_limit=LIMITS.training_concurrency,
             concurrency_id="training",
+        )
+        ft_base.change(
+            partial(finetune.sample_choices, store, tasks), [session, ft_base], sample, api_name="finetune_samples"
         )
         stop_btn.click(finetune.stop, session, ft_status, cancels=[train_event], api_name="stop", queue=False)
         use_btn.click(

@@ -658,6 +658,16 @@ def load_language_modeling(
     return LanguageModelingData(texts)
 
 
+def detect_task(
+    path: str | Path, text_column: str = "text", label_column: str = "label", limits: DataLimits | None = None
+) -> Literal["image", "text", "lm"]:
+    """The task ``load_data(path)`` would load: ``"image"``, ``"text"`` (classification) or ``"lm"``.
+
+    It reads names and headers only, with the same refusals (``DataError``) as ``load_data``.
+    """
+    return _detect_task(_upload(path), text_column, label_column, limits or DataLimits())
+
+
 def _detect_task(path: Path, text_column: str, label_column: str, limits: DataLimits) -> str:
     suffix = path.suffix.lower()
     if path.is_dir() or suffix == ".zip":

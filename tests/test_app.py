@@ -220,3 +220,16 @@ def test_push_needs_a_token_and_a_run(client, monkeypatch):
         client.predict("no-slash", "", api_name="/push")
     with pytest.raises(AppError, match="No Hugging Face token"):  # the server runs in this process
         client.predict("me/adapter", "", api_name="/push")
+
+
+def test_bundled_samples_follow_the_chosen_base(client, tmp_path):
+    from app import finetune
+
+    tasks = finetune.sample_tasks(tiny_samples(tmp_path))
+    assert tasks == {"shapes.zip": "image", "verse.txt": "lm"}
+    store = tiny_store()
+    assert finetune.sample_choices(store, tasks, None, "tiny-vit")["choices"] == ["shapes.zip"]
+    assert finetune.sample_choices(store, tasks, None, "tiny-llama")["choices"] == ["verse.txt"]
+    client.predict("tiny-llama", api_name="/finetune_samples")  # the event behind the base dropdown answers
+    with pytest.raises(AppError, match="No bundled sample 'nope.zip'"):
+        client.predict("tiny-vit", None, "nope.zip", ["lora"], 4, 5, 0.01, 4, 0, api_name="/finetune")
