@@ -1,9 +1,14 @@
-"""``python -m app``: serve the explorer on the embedded assets (offline, CPU or GPU)."""
+"""``python -m app`` or ``python app/__main__.py``: serve the explorer on the embedded assets (offline, CPU or GPU)."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
+
+
+if not __package__:  # `python app/__main__.py` (Spaces' Gradio SDK): `app` is imported from the repository root
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main() -> None:

@@ -73,8 +73,12 @@ def shot(page, name: str) -> None:
 def test_vision_comparison_shows_bars(page, tmp_path):
     from PIL import Image
 
-    image = tmp_path / "digit.png"
-    Image.new("L", (32, 32), 0).save(image)
+    from hora import hub
+
+    held_out = sorted((hub.assets_dir() / "examples").glob("digit-7-heldout-*.png"))  # a real digit, for the README
+    image = held_out[0] if held_out else tmp_path / "digit.png"
+    if not held_out:
+        Image.new("L", (32, 32), 0).save(image)
     page.locator("#compare-image input[type=file]").set_input_files(str(image))
     page.locator("#classify-btn").click()
     bars = page.locator("#vision-plot .js-plotly-plot .bars path")

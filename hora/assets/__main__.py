@@ -1,8 +1,9 @@
-"""``python -m hora.assets build [--out assets] [--quick]`` and ``python -m hora.assets bench``."""
+"""``python -m hora.assets build [--out assets] [--quick]``, ``... bench`` and ``... screenshots``."""
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -19,7 +20,16 @@ def main(argv: list[str] | None = None) -> int:
     bench = commands.add_parser("bench", help="sample-efficiency benchmark of the methods on the embedded bases")
     bench.add_argument("--out", type=Path, default=Path("assets"), help="assets folder (writes <out>/bench)")
     bench.add_argument("--quick", action="store_true", help="two seeds, few steps (a smoke run)")
+    shots = commands.add_parser(
+        "screenshots", help="copy the browser tests' screenshots of the app into <out>/screenshots (for the README)"
+    )
+    shots.add_argument("--out", type=Path, default=Path("assets"), help="assets folder (default: assets)")
+    shots.add_argument(
+        "--source", type=Path, default=Path("test-artifacts/screenshots"), help="where the tests wrote them"
+    )
     args = parser.parse_args(argv)
+    if args.command == "screenshots":
+        return copy_screenshots(args.source, args.out)
 
     try:
         if args.command == "build":
@@ -42,6 +52,24 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    return 0
+
+
+def copy_screenshots(source: Path, assets: Path) -> int:
+    """Replace ``assets/screenshots`` by the PNGs under ``source`` and refresh the manifest."""
+    from hora.assets import cards
+
+    pngs = sorted(source.glob("*.png"))
+    if not pngs:
+        print(f"error: no PNG in {source}: run the browser tests first (python -m pytest tests/test_browser.py)")
+        return 1
+    target = assets / "screenshots"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    for png in pngs:
+        shutil.copyfile(png, target / png.name)
+    cards.refresh_manifest(assets)
+    print(f"copied {len(pngs)} screenshots to {target}: {', '.join(p.name for p in pngs)}")
     return 0
 
 

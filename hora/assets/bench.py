@@ -19,7 +19,7 @@ from typing import Any
 
 from hora.assets import adapters as adapter_stage
 from hora.assets import cards
-from hora.assets.build import VISION_BASE, Settings, build_facts
+from hora.assets.build import VISION_BASE
 from hora.assets.data import load_digit_splits
 from hora.assets.vision import LABELS, digit_image
 from hora.io import atomic_dir
@@ -72,10 +72,7 @@ def run_bench(assets: str | Path = "assets", *, quick: bool = False, log: Callab
         figure_html(report, tmp / "sample_efficiency.html")
         png = figure_png(report, tmp / "sample_efficiency.png")
         (tmp / "README.md").write_text(readme(report, png), encoding="utf-8")
-    manifest_path = assets / cards.MANIFEST
-    facts = json.loads(manifest_path.read_text()) if manifest_path.is_file() else build_facts(0.0, Settings())
-    facts = {k: v for k, v in facts.items() if k not in ("files", "total_bytes")}
-    cards.write_manifest(assets, {**facts, "bench_seconds": report["wall_seconds"]})
+    cards.refresh_manifest(assets, bench_seconds=report["wall_seconds"])
     log(f"bench: done in {report['wall_seconds'] / 60:.1f} min\n{markdown_table(report)}")
     return report
 

@@ -31,7 +31,7 @@ VISION_BASE = "vit-digits"
 LM_BASE = "lm-shakespeare"
 DIGITS_EVAL = "eval/digits-heldout.safetensors"
 TEXT_EVAL = "eval/shakespeare-heldout"
-KEEP = ("bench",)  # folders of an earlier build carried over (the benchmark has its own command)
+KEEP = ("bench", "screenshots")  # folders of an earlier build carried over (each has its own command)
 
 DIGITS_CREDIT = (
     "scikit-learn's bundled copy of the UCI *Optical Recognition of Handwritten Digits* test set (1,797 images "
@@ -697,6 +697,7 @@ Everything the app needs to run offline on a CPU, built by `python -m hora.asset
 | `{LM_BASE}/` | tiny Llama + BPE tokenizer pretrained on Shakespeare in modern spelling (+ `adapters/`: lora, hora, dora, doran) |
 | `eval/` | the held-out test data the cards' numbers are measured on |
 | `examples/` | held-out digit images and a held-out Folio passage for the app |
+| `screenshots/` | the app's tabs, as the browser tests see them (`python -m hora.assets screenshots`) |
 | `samples/` | the Fine-tune tab's bundled samples: a 10-shot digit zip and a Folio play (training data, not held-out) |
 | `bench/` | sample-efficiency benchmark (`python -m hora.assets bench`), when run |
 

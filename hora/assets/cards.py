@@ -81,3 +81,15 @@ def write_manifest(root: Path, extra: dict[str, Any]) -> dict[str, Any]:
     manifest = {**extra, "total_bytes": sum(f["bytes"] for f in files.values()), "files": files}
     (root / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     return manifest
+
+
+def refresh_manifest(root: Path, **facts: Any) -> dict[str, Any]:
+    """Rewrite ``root/manifest.json`` for the files there now, keeping the build's facts and adding ``facts``.
+
+    For what is added after a build (the benchmark, the screenshots): the build's own facts stay as they were.
+    """
+    path = root / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"No {path}: build the assets first (python -m hora.assets build).")
+    kept = {k: v for k, v in json.loads(path.read_text()).items() if k not in ("files", "total_bytes")}
+    return write_manifest(root, {**kept, **facts})
