@@ -233,3 +233,58 @@ def test_bundled_samples_follow_the_chosen_base(client, tmp_path):
     client.predict("tiny-llama", api_name="/finetune_samples")  # the event behind the base dropdown answers
     with pytest.raises(AppError, match="No bundled sample 'nope.zip'"):
         client.predict("tiny-vit", None, "nope.zip", ["lora"], 4, 5, 0.01, 4, 0, api_name="/finetune")
+
+
+def test_a_failing_run_is_reported_to_its_user_and_others_train_on(client, monkeypatch):
+    from app import finetune
+
+    real_train, calls = finetune.train, []
+
+    def fails_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("disk on fire")
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(finetune, "train", fails_once)
+    with pytest.raises(AppError, match="LoRA failed: disk on fire"):
+        client.predict("tiny-vit", None, "shapes.zip", ["lora"], 4, 3, 0.01, 4, 0, api_name="/finetune")
+    other = Client(client.src, verbose=False)  # another user, another session
+    try:
+        status, *_ = other.predict("tiny-vit", None, "shapes.zip", ["lora"], 4, 3, 0.01, 4, 0, api_name="/finetune")
+    finally:
+        other.close()
+    assert status.startswith("Done.") and len(calls) == 2
+
+
+def test_a_session_past_its_training_time_is_told_so(tmp_path):
+    from app import finetune
+    from app.settings import LIMITS
+    from app.store import SessionModels
+
+    root = tmp_path / "models"
+    store, samples = tiny_store(root), tiny_samples(tmp_path / "samples")
+    session = SessionModels(train_seconds=LIMITS.max_session_train_seconds)
+    with pytest.raises(Exception, match="used its fine-tuning time"):
+        next(finetune.run(store, samples, session, "tiny-vit", None, "shapes.zip", ["lora"], 4, 3, 0.01, 4, 0))
+
+
+def test_closing_a_session_stops_its_run_and_deletes_its_folder():
+    import threading
+
+    from app.store import SessionModels
+
+    session = SessionModels(cancel=threading.Event())
+    folder = session.folder()
+    (folder / "upload.zip").write_bytes(b"x")
+    session.close()
+    assert session.cancel.is_set() and not folder.exists()
+
+
+def test_the_session_state_is_closed_by_gradio_when_the_session_ends():
+    from app.main import build_app
+    from app.store import ModelStore, SessionModels
+
+    demo = build_app(ModelStore())
+    states = [b for b in demo.blocks.values() if type(b).__name__ == "State"]
+    assert states and all(s.delete_callback == SessionModels.close and s.time_to_live for s in states)
