@@ -19,6 +19,7 @@ import time
 import urllib.request
 
 
+# Chromium runs as root here, with no network: no sandbox, no GPU, no background traffic to Google.
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

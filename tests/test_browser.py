@@ -24,17 +24,7 @@ else:
         not os.path.exists(CHROMIUM), reason="needs Debian's chromium (apt-get install chromium)"
     )
     playwright_api = pytest.importorskip("playwright.sync_api")
-# Chromium runs as root here, with no network: no sandbox, no GPU, no background traffic to Google.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-]
+from app.bench import CHROMIUM_ARGS  # noqa: E402 - no sandbox, no GPU, no background traffic to Google
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,23 @@ LM_BASE = "lm-shakespeare"
 DIGITS_EVAL = "eval/digits-heldout.safetensors"
 TEXT_EVAL = "eval/shakespeare-heldout"
 KEEP = ("bench", "screenshots")  # folders of an earlier build carried over (each has its own command)
+# The columns of the comparison tables in the cards and in assets/README.md.
+VISION_TABLE = [
+    "model",
+    "trainable parameters",
+    "held-out accuracy (10 digits)",
+    "digits 0-4",
+    "digits 5-9",
+    "training time",
+]
+LM_TABLE = [
+    "model",
+    "trainable parameters",
+    "held-out loss, Folio",
+    "perplexity, Folio",
+    "held-out loss, modern",
+    "training time",
+]
 
 DIGITS_CREDIT = (
     "scikit-learn's bundled copy of the UCI *Optical Recognition of Handwritten Digits* test set (1,797 images "
@@ -579,18 +596,7 @@ def write_adapter_card(folder: Path, info: dict, base: dict, siblings: dict[str,
             "(the plays it trained on are listed in `asset.json`)."
         )
     rows = comparison_rows(base, siblings)
-    header = (
-        ["model", "trainable parameters", "held-out accuracy (10 digits)", "digits 0-4", "digits 5-9", "training time"]
-        if vision
-        else [
-            "model",
-            "trainable parameters",
-            "held-out loss, Folio",
-            "perplexity, Folio",
-            "held-out loss, modern",
-            "training time",
-        ]
-    )
+    header = VISION_TABLE if vision else LM_TABLE
     body = f"""
 # {info["name"]}: {METHOD_NAMES[method]} adapter of `{info["base_model"]}`
 
@@ -669,22 +675,6 @@ def comparison_rows(base: dict, adapters: dict[str, dict]) -> list[list[str]]:
 def write_index(root: Path, results: dict, wall: float, settings: Settings) -> None:
     """``assets/README.md``: what is here, how it was made and the headline numbers."""
     vision, language = results["vision"], results["language"]
-    vision_header = [
-        "model",
-        "trainable parameters",
-        "held-out accuracy (10 digits)",
-        "digits 0-4",
-        "digits 5-9",
-        "training time",
-    ]
-    lm_header = [
-        "model",
-        "trainable parameters",
-        "held-out loss, Folio",
-        "perplexity, Folio",
-        "held-out loss, modern",
-        "training time",
-    ]
     body = f"""
 # Embedded assets
 
@@ -703,11 +693,11 @@ Everything the app needs to run offline on a CPU, built by `python -m hora.asset
 
 ## Digits: 10 shots per digit, all ten digits, 500 held-out images
 
-{cards.table(vision_header, comparison_rows(vision["base"], vision["adapters"]))}
+{cards.table(VISION_TABLE, comparison_rows(vision["base"], vision["adapters"]))}
 
 ## Shakespeare: modern spelling -> First Folio spelling, held-out Macbeth and The Tempest
 
-{cards.table(lm_header, comparison_rows(language["base"], language["adapters"]))}
+{cards.table(LM_TABLE, comparison_rows(language["base"], language["adapters"]))}
 
 Data: {DIGITS_CREDIT} {SHAKESPEARE_CREDIT}
 """
