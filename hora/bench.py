@@ -216,6 +216,45 @@ def _sample_efficiency_figure(report: dict) -> Any | None:
 # Speed
 
 
+REFERENCE_MODELS = {
+    "config:vit-b16": "ViT-B/16 at 224 px (transformers' ViTConfig defaults), 10 classes",
+    "config:gpt2": "GPT-2 small (124M; fused c_attn)",
+    "config:smollm-135m": "a Llama with SmolLM-135M's dimensions (30 blocks, 9 query / 3 key-value heads)",
+}
+"""Full-size architectures for ``speed``, built from their configs with random weights (nothing downloaded):
+the timing of a method depends on the shapes, not on the values of the weights."""
+
+
+def reference_model(name: str) -> tuple[nn.Module, str]:
+    """A ``REFERENCE_MODELS`` model with random weights, in eval mode, and its kind (``"image"`` or ``"lm"``)."""
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        ViTConfig,
+        ViTForImageClassification,
+    )
+
+    if name == "config:vit-b16":
+        return ViTForImageClassification(ViTConfig(num_labels=10)).eval(), "image"
+    if name == "config:gpt2":
+        return GPT2LMHeadModel(GPT2Config()).eval(), "lm"
+    if name == "config:smollm-135m":
+        config = LlamaConfig(
+            vocab_size=49152,
+            hidden_size=576,
+            intermediate_size=1536,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            max_position_embeddings=2048,
+            tie_word_embeddings=True,
+        )
+        return LlamaForCausalLM(config).eval(), "lm"
+    raise ValueError(f"Unknown reference model {name!r}; choose one of {', '.join(REFERENCE_MODELS)}.")
+
+
 def _fake_batch(
     model: nn.Module, batch_size: int, seq_len: int, generator: torch.Generator
 ) -> dict[str, torch.Tensor]:
@@ -315,10 +354,14 @@ def speed(
     if steps < 1 or warmup < 0:
         raise ValueError(f"steps must be >= 1 and warmup >= 0, got {steps} and {warmup}.")
     dev = torch.device("cpu") if device == "cpu" else _auto_device()
-    base_dir = resolve_base(base)
-    kind = "image" if _is_image_base(base_dir) else "lm"
     torch.manual_seed(0)
-    base_model = load_base_model(base_dir, kind)[0].to(dev).eval()
+    if str(base).startswith("config:"):
+        base_model, kind = reference_model(str(base))
+    else:
+        base_dir = resolve_base(base)
+        kind = "image" if _is_image_base(base_dir) else "lm"
+        base_model = load_base_model(base_dir, kind)[0]
+    base_model = base_model.to(dev).eval()
     batch = {
         k: v.to(dev) for k, v in _fake_batch(base_model, batch_size, seq_len, torch.Generator().manual_seed(0)).items()
     }

@@ -140,7 +140,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=5, help="number of seeds (0 .. N-1)")
     p.add_argument("--out", required=True)
     p = bench.add_parser("speed", help="training step time, memory and inference latency vs LoRA")
-    p.add_argument("--base", required=True)
+    p.add_argument(
+        "--base",
+        required=True,
+        help="a base folder, embedded name or Hub repo, or a full-size model built from its config with random "
+        "weights: config:vit-b16, config:gpt2 or config:smollm-135m",
+    )
     p.add_argument("--methods", type=_csv, default=["lora", "dora", "hora", "doran"])
     p.add_argument("--steps", type=int, default=20, help="timed rounds (after warm-up)")
     p.add_argument("--warmup", type=int, default=3)

@@ -99,3 +99,11 @@ def test_bench_cli(setup, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["ok"] and summary["metric"] == "accuracy" and set(summary["mean"]["hora"]) == {"1", "2"}
     assert json.loads((tmp_path / "se" / "sample_efficiency.json").read_text())["seeds"] == [0, 1]
+
+
+def test_reference_models_are_full_size_and_unknown_names_are_explained():
+    model, kind = bench.reference_model("config:vit-b16")
+    assert kind == "image" and not model.training
+    assert 85_000_000 < sum(p.numel() for p in model.parameters()) < 87_000_000  # ViT-B/16: 86M
+    with pytest.raises(ValueError, match="config:vit-b16"):
+        bench.reference_model("config:vit-h14")
