@@ -34,3 +34,15 @@ def test_requirements_pin_torch_and_minor_versions():
     assert "torch==2.13.0" in requirements
     for package in ("transformers", "peft", "gradio", "plotly", "huggingface-hub", "safetensors", "accelerate"):
         assert re.search(rf"^{package}==\d+\.\d+\.\*$", requirements, re.M), package
+
+
+def test_python_examples_run_as_written(tmp_path, monkeypatch):
+    """The README's Python blocks, in order, with the embedded assets and two training steps instead of 200."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)[:2]
+    code = "\n".join(blocks).replace('"assets/', f'"{ROOT}/assets/').replace("steps=200", "steps=2")
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert (tmp_path / "runs" / "my-lora" / "adapter_config.json").is_file()
+    assert scope["deltas"].shape[0] == scope["sim"].shape[0] == scope["sim"].shape[1]
