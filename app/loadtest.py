@@ -28,7 +28,7 @@ from pathlib import Path
 
 import psutil
 
-from app.bench import _free_port
+from app.bench import free_port
 
 
 MIX = ("classify", "generate", "next_tokens", "perplexity", "heads")  # what every user loops over
@@ -312,7 +312,7 @@ def run(
     from hora import hub
 
     finetune_users = max(1, users // 4) if finetune_users is None else min(finetune_users, users)
-    port = port or _free_port()
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}/"
     scratch = Path(tempfile.mkdtemp(prefix="hora-loadtest-"))
     load_before = os.getloadavg()[0]
