@@ -8,7 +8,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from app.bench import free_port
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,12 +44,6 @@ def expand(value: str, env: dict[str, str]) -> str:
 
 def requirement_pin(package: str) -> str:
     return re.search(rf"^{package}==(\S+)", (ROOT / "requirements.txt").read_text(), re.M).group(1)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_dockerfile_follows_spaces_conventions():
