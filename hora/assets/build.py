@@ -689,7 +689,7 @@ Everything the app needs to run offline on a CPU, built by `python -m hora.asset
 | `examples/` | held-out digit images and a held-out Folio passage for the app |
 | `screenshots/` | the app's tabs, as the browser tests see them (`python -m hora.assets screenshots`) |
 | `samples/` | the Fine-tune tab's bundled samples: a 10-shot digit zip and a Folio play (training data, not held-out) |
-| `bench/` | sample-efficiency benchmark (`python -m hora.assets bench`), when run |
+| `bench/<base>/` | sample-efficiency benchmark of each base (`python -m hora.assets bench --base <base>`), when run |
 
 ## Digits: 10 shots per digit, all ten digits, 500 held-out images
 
