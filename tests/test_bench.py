@@ -7,7 +7,6 @@ import json
 import math
 
 import pytest
-import torch
 from test_train import save_vit, write_image_folder
 
 import hora
@@ -16,12 +15,7 @@ from hora.cli import main
 from hora.train import TrainConfig
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -27,12 +27,7 @@ CONFIG = {"shots": None, "steps": 2, "lr": 1e-2, "batch_size": 4, "context": 32,
 IDS = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(1))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
