@@ -27,7 +27,7 @@ from hora.assets import adapters as adapter_stage
 from hora.assets import cards
 from hora.assets.build import LM_BASE, VISION_BASE
 from hora.assets.data import load_digit_splits
-from hora.assets.vision import LABELS, digit_image
+from hora.assets.vision import fewshot_pool_data
 from hora.io import atomic_dir
 
 
@@ -73,20 +73,6 @@ SPECS = {
 METHOD_NAMES = {"head": "head-only", "lora": "LoRA", "hora": "HoRA", "dora": "DoRA", "doran": "DoRAN"}
 
 
-def pool_data():
-    """The few-shot pool of the digits as the engine's ``ImageClassificationData``."""
-    from hora.data import ImageClassificationData
-
-    splits = load_digit_splits()
-    pool = splits.fewshot_pool
-    return ImageClassificationData(
-        images=[digit_image(splits.images[i]) for i in pool],
-        labels=[int(splits.labels[i]) for i in pool],
-        classes=LABELS,
-        names=[f"digits-{i}" for i in pool],
-    )
-
-
 def lm_pool_data():
     """The Folio plays the embedded language adapters train on, as the engine's ``LanguageModelingData``."""
     from hora.assets.data import load_corpus
@@ -110,7 +96,7 @@ def run_bench(
     vision = base == VISION_BASE
     recipe = adapter_stage.VISION_RECIPE if vision else adapter_stage.LM_RECIPE
     shots, seeds = (spec.shots[:2], SEEDS[:2]) if quick else (spec.shots, SEEDS)
-    data = pool_data() if vision else lm_pool_data()
+    data = fewshot_pool_data(load_digit_splits()) if vision else lm_pool_data()
     started = time.perf_counter()
     reports = []
     for method in spec.methods:  # one call per method: each keeps the learning rate of its embedded adapter

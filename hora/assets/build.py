@@ -22,7 +22,15 @@ from hora.assets import adapters as adapter_stage
 from hora.assets import cards, samples
 from hora.assets.data import HELDOUT_WORKS, load_corpus, load_digit_splits
 from hora.assets.language import encode_stream, eval_windows, lm_config, pretrain_lm, train_tokenizer, windows_loss
-from hora.assets.vision import LABELS, accuracy, digit_image, image_processor, pixel_values, pretrain_vit, vit_config
+from hora.assets.vision import (
+    accuracy,
+    digit_image,
+    fewshot_pool_data,
+    image_processor,
+    pixel_values,
+    pretrain_vit,
+    vit_config,
+)
 from hora.io import atomic_dir
 
 
@@ -153,8 +161,6 @@ def build_vision(root: Path, settings: Settings, log: Callable[[str], None]) -> 
     from safetensors.torch import save_file
     from transformers import ViTForImageClassification
 
-    from hora.data import ImageClassificationData
-
     splits = load_digit_splits()
     processor = image_processor()
     x, y = pixel_values(processor, splits.images), torch.from_numpy(splits.labels)
@@ -208,13 +214,7 @@ def build_vision(root: Path, settings: Settings, log: Callable[[str], None]) -> 
     cards.write_metadata(folder, base_info)
     write_vision_base_card(folder, base_info, splits)
 
-    pool = splits.fewshot_pool
-    data = ImageClassificationData(
-        images=[digit_image(splits.images[i]) for i in pool],
-        labels=[int(splits.labels[i]) for i in pool],
-        classes=LABELS,
-        names=[f"digits-{i}" for i in pool],
-    )
+    data = fewshot_pool_data(splits)
     adapters = {}
     for method in adapter_stage.VISION_METHODS:
         adapters[method] = run_adapter(
@@ -226,7 +226,7 @@ def build_vision(root: Path, settings: Settings, log: Callable[[str], None]) -> 
             "scikit-learn digits, few-shot pool",
             log,
             evaluate=lambda m: vision_metrics(m, x[held], y[held]),
-            train_indices=lambda split: [int(pool[i]) for i in split["train"]],
+            train_indices=lambda split: [int(splits.fewshot_pool[i]) for i in split["train"]],
         )
     for method, info in adapters.items():
         write_adapter_card(root / VISION_BASE / "adapters" / method, info, base_info, adapters)

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+
+
+if TYPE_CHECKING:
+    from hora.data import ImageClassificationData
 
 
 IMAGE_SIZE = 32
@@ -21,6 +26,19 @@ PRETRAIN_LABELS = LABELS[:5]  # the base classifies digits 0-4; adapters get a f
 def digit_image(pixels: np.ndarray) -> Image.Image:
     """An 8x8 digit (values 0-16, ink high) as a grayscale PIL image, ink white on black as in the data."""
     return Image.fromarray(np.round(pixels.astype(np.float32) * (255 / 16)).astype(np.uint8), mode="L")
+
+
+def fewshot_pool_data(splits) -> ImageClassificationData:
+    """The few-shot pool of the digits (``DigitSplits.fewshot_pool``) as the engine's ``ImageClassificationData``."""
+    from hora.data import ImageClassificationData
+
+    pool = splits.fewshot_pool
+    return ImageClassificationData(
+        images=[digit_image(splits.images[i]) for i in pool],
+        labels=[int(splits.labels[i]) for i in pool],
+        classes=LABELS,
+        names=[f"digits-{i}" for i in pool],
+    )
 
 
 def image_processor():
