@@ -242,6 +242,7 @@ def figure_png(report: dict, path: Path) -> bool:
         )
     ax.set_xscale("log")
     ax.set_xticks(shots, [str(k) for k in shots])
+    ax.minorticks_off()  # the log axis would label its minor ticks too (2x10^1, ...)
     spec = SPECS[report["base_model"]]
     ax.set_xlabel(spec.shots_label)
     ax.set_ylabel(f"{spec.metric_label} (mean, 95% CI)")
