@@ -4,7 +4,7 @@ FROM python:3.11-slim
 
 # Spaces run the container as uid 1000: give it a home where it may write (HF and Gradio caches).
 # MALLOC_ARENA_MAX=2: under many concurrent users glibc's per-thread arenas fragment; with 2 the server's memory
-# levelled off at about 1.1 GiB in the load test instead of growing by about 300 MiB a round (app/loadtest.py).
+# levelled off at about 1.1 GiB in the load test instead of growing by about 300 MiB a round (python -m hora bench load).
 RUN useradd -m -u 1000 user
 USER user
 ENV HOME=/home/user \

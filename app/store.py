@@ -8,6 +8,7 @@ live in that user's session (``SessionModels``), never in the shared store.
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 import tempfile
 import threading
@@ -29,6 +30,7 @@ class Variant:
     method: str  # "base", "head", "lora", "dora", "hora", "doran"
     model: nn.Module
     source: str
+    info: dict[str, Any] = field(default_factory=dict)  # what its card says: rank, trainable params, metrics
 
 
 @dataclass
@@ -40,6 +42,7 @@ class Base:
     source: str
     location: str | None = None  # what hora.train can load it from: a folder, asset name or repo id
     variants: dict[str, Variant] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)  # what its card says: what it is, what it was trained on
 
     def fresh_copy(self) -> nn.Module:
         """A private copy of the base weights, for a new adapter."""
@@ -125,28 +128,28 @@ def variants_of(store: ModelStore, session: SessionModels | None, base_name: str
     return merged
 
 
-METHOD_LABELS = {"head": "head-only", "lora": "LoRA", "dora": "DoRA", "hora": "HoRA", "doran": "DoRAN", "full": "full"}
-
-
-def adapter_method(peft_model: nn.Module) -> str:
-    """lora / dora / hora / doran from a PeftModel's active config."""
-    config = peft_model.peft_config[peft_model.active_adapter]
-    kind = str(config.peft_type).rsplit(".", 1)[-1].lower()
-    return "dora" if kind == "lora" and getattr(config, "use_dora", False) else kind
+def _asset_record(folder) -> dict[str, Any]:
+    """The builder's ``asset.json`` of an embedded asset ({} when there is none)."""
+    path = folder / "asset.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def embedded_store() -> ModelStore:
     """Every embedded base of ``assets/`` with all its adapters, loaded once."""
+    import hora
     from hora import hub
+    from hora.methods import label
 
     store = ModelStore()
     assets = hub.embedded_assets()
     for name in [n for n in assets if "/" not in n]:
-        loaded = hub.load_base(name)
+        loaded = hora.load_base(name)
         base = store.add_base(name, loaded.kind, loaded.model, loaded.processor, f"embedded: {name}", name)
+        base.info = _asset_record(assets[name])
         for adapter_name in [n for n in assets if n.startswith(f"{name}/")]:
-            model = hub.load_adapter(base.fresh_copy(), adapter_name)
+            model = hora.load_adapter(base.fresh_copy(), adapter_name)
             method = adapter_name.split("/", 1)[1]
-            label = METHOD_LABELS.get(method, method)
-            store.add_variant(name, Variant(label, method, model.eval(), f"embedded: {adapter_name}"))
+            variant = Variant(label(method), method, model.eval(), f"embedded: {adapter_name}")
+            variant.info = _asset_record(assets[adapter_name])
+            store.add_variant(name, variant)
     return store

@@ -15,7 +15,7 @@ register("HORA", HoraConfig, HoraModel)
 register("DORAN", DoranConfig, DoranModel)
 
 from hora.export import export_dora, export_lora  # noqa: E402
-from hora.hub import HubError, LoadedBase, load_adapter, load_base  # noqa: E402
+from hora.hub import HubError  # noqa: E402
 from hora.inspect import (  # noqa: E402
     HeadFactors,
     ParamReport,
@@ -25,6 +25,7 @@ from hora.inspect import (  # noqa: E402
     head_similarity,
     param_report,
 )
+from hora.loaders import LoadedBase, load_adapter, load_base  # noqa: E402
 
 
 __version__ = "0.1.0"

@@ -1,5 +1,5 @@
-"""Summaries built on the inspection API, for plots: per-layer similarity and rank, and what the joint
-hypernetwork generates."""
+"""Summaries built on the inspection API, for plots: per-layer similarity and rank, what the joint hypernetwork
+generates, and ``head_view``, everything the explorer's Heads tab shows for one layer and projection."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hora.inspect import SimilarityMetric, adapted_modules, effective_rank, head_deltas, head_factors, head_similarity
+from hora.inspect import (
+    HeadFactors,
+    SimilarityMetric,
+    adapted_modules,
+    effective_rank,
+    head_deltas,
+    head_factors,
+    head_similarity,
+)
 
 
 @dataclass
@@ -99,4 +107,29 @@ def factor_pca(model: nn.Module, layer: int, projection: str, adapter: str | Non
         head=[h for h in range(heads) for _ in range(r)],
         rank_index=[j for _ in range(heads) for j in range(r)],
         explained_variance=explained,
+    )
+
+
+@dataclass
+class HeadView:
+    """Everything the explorer's Heads tab draws for one adapter, one layer and one projection."""
+
+    deltas: torch.Tensor  # (heads, head_dim, in): ΔW_h
+    factors: HeadFactors
+    similarity: torch.Tensor  # (heads, heads)
+    layers: list[LayerSummary]  # every adapted layer of the projection
+    pca: FactorProjection
+
+
+def head_view(
+    model: nn.Module, layer: int, projection: str, metric: SimilarityMetric = "cosine", adapter: str | None = None
+) -> HeadView:
+    """Per-head updates, factors, cross-head similarity, the per-layer summary and the PCA of B's columns."""
+    deltas = head_deltas(model, layer, projection, adapter)
+    return HeadView(
+        deltas=deltas,
+        factors=head_factors(model, layer, projection, adapter),
+        similarity=head_similarity(deltas, metric),
+        layers=layer_summaries(model, projection, adapter, metric),
+        pca=factor_pca(model, layer, projection, adapter),
     )

@@ -5,6 +5,8 @@
     python -m hora eval --base runs/vit --adapter runs/hora --data digits.zip
     python -m hora bench sample-efficiency --base runs/vit --data digits.zip --methods lora,hora --out runs/bench
     python -m hora bench speed --base runs/vit --out runs/speed
+    python -m hora bench cold-start --runs 3                       # the explorer, as a browser sees it
+    python -m hora bench load --users 16 --seconds 120             # the explorer under concurrent users
     python -m hora push runs/hora user/my-hora-adapter          # token from HF_TOKEN
     accelerate launch --num_processes 2 -m hora train ...      # data-parallel, no code change
 
@@ -15,11 +17,13 @@ Progress bars go to stderr; the last line of stdout is always a JSON summary (``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
 import sys
 import threading
+import typing
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,71 +51,70 @@ def _method_arg(text: str) -> tuple[str, Any]:
         return key, value  # a bare string, e.g. tau_granularity=channel
 
 
-def _add_training_args(p: argparse.ArgumentParser, single: bool) -> None:
-    """Options shared by ``train`` and ``bench sample-efficiency`` (which sweeps method, shots and seed)."""
-    p.add_argument("--base", required=True, help="base model folder (config.json + safetensors), or embedded name")
-    p.add_argument("--data", required=True, help="dataset: class-folder zip/folder, csv, jsonl or txt")
-    p.add_argument("--task", default="auto", choices=["auto", "image", "text", "lm"])
-    if single:
-        p.add_argument("--method", default="hora", choices=METHODS)
-        p.add_argument("--shots", type=int, default=8, help="examples per class (LM: training chunks)")
-        p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--batch-size", type=int, default=16, help="per process")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--warmup-ratio", type=float, default=0.1)
-    p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm; 0 turns clipping off")
-    p.add_argument("--eval-every", type=int, default=50, help="evaluate every N steps (0: only at the end)")
-    p.add_argument("--patience", type=int, default=None, help="early stopping: evaluations without improvement")
-    p.add_argument("--eval-per-class", type=int, default=None, help="cap on held-out examples per class")
-    p.add_argument("--context", type=int, default=128, help="LM: tokens per training chunk")
-    p.add_argument("--rank", type=int, default=8, help="rank r of the low-rank update")
-    p.add_argument("--alpha", type=float, default=None, help="lora_alpha (default 2r)")
-    p.add_argument("--hyper-hidden", type=int, default=16, help="HoRA/DoRAN generator width p")
-    p.add_argument("--targets", type=_csv, default=None, help="comma-separated target modules (default: q, v)")
-    p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--match-params", action="store_true", help="LoRA/DoRA rank matched to HoRA's/DoRAN's budget")
-    p.add_argument(
-        "--method-arg",
-        type=_method_arg,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra PEFT config field, e.g. tau_init=0.05 (repeatable)",
-    )
-    p.add_argument("--device", default="auto", choices=["auto", "cpu"])
-    p.add_argument("--no-bf16", action="store_true", help="no bf16 autocast on CUDA")
+def _optional(parse: Any, zero_is_none: bool) -> Any:
+    """A parser for an ``X | None`` field: "none" (and 0 where the field says so) is None."""
+
+    def parse_optional(text: str) -> Any:
+        if text.strip().lower() == "none":
+            return None
+        value = parse(text)
+        return None if zero_is_none and value == 0 else value
+
+    return parse_optional
+
+
+def _add_config_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One option per ``TrainConfig`` field (but ``skip``), with the field's type, default and help."""
+    from hora.config import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in skip:
+            continue
+        meta, hint = f.metadata, hints[f.name]
+        flags = [meta.get("flag") or f"--{f.name.replace('_', '-')}"]
+        if f"--{f.name.replace('_', '-')}" not in flags:
+            flags.append(f"--{f.name.replace('_', '-')}")  # the field's own name works too
+        default = getattr(defaults, f.name)
+        kw: dict[str, Any] = {
+            "dest": f.name,
+            "default": default,
+            "help": f"{meta.get('help', '')} (default: %(default)s)",
+        }
+        if hint is not bool and hint != (bool | None):
+            kw["metavar"] = f.name.upper()
+        args = typing.get_args(hint)
+        if typing.get_origin(hint) is typing.Literal:
+            kw["choices"] = list(args)
+        elif "choices" in meta:
+            kw["choices"] = list(meta["choices"])
+        elif hint is bool or hint == (bool | None):
+            kw["action"] = argparse.BooleanOptionalAction
+        elif f.name == "method_args":
+            kw.update(type=_method_arg, action="append", default=[], metavar="KEY=VALUE", help=meta["help"])
+        elif f.name == "target_modules":
+            kw["type"] = _csv
+        else:
+            base = next(t for t in (int, float, str) if t is hint or t in args)
+            kw["type"] = _optional(base, meta.get("zero_is_none", False)) if type(None) in args else base
+        p.add_argument(*flags, **kw)
 
 
 def _train_config(args: argparse.Namespace, **fixed: Any):
-    from hora.train import TrainConfig
+    """The ``TrainConfig`` the options say, with ``fixed`` fields (a benchmark's swept ones) set as given."""
+    from hora.config import TrainConfig
 
-    return TrainConfig(
-        method=fixed.get("method", getattr(args, "method", "hora")),
-        task=args.task,
-        shots=fixed.get("shots", getattr(args, "shots", 8)),
-        seed=fixed.get("seed", getattr(args, "seed", 0)),
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        warmup_ratio=args.warmup_ratio,
-        grad_clip=args.grad_clip or None,
-        eval_every=args.eval_every or None,
-        patience=args.patience,
-        eval_per_class=args.eval_per_class,
-        context=args.context,
-        r=args.rank,
-        lora_alpha=args.alpha,
-        hyper_hidden=args.hyper_hidden,
-        target_modules=args.targets,
-        dropout=args.dropout,
-        match_params=args.match_params,
-        method_args=dict(args.method_arg),
-        device=args.device,
-        bf16=False if args.no_bf16 else None,
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    values["method_args"] = dict(values.get("method_args") or [])
+    return TrainConfig(**{**values, **fixed})
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--base", required=True, help="base model: a folder (config.json + safetensors), embedded name or Hub repo"
     )
+    p.add_argument("--data", required=True, help="dataset: class-folder zip/folder, csv, jsonl or txt")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -121,7 +124,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("demo", help="HoRA's and LoRA's parameter reports on a small ViT built from a config")
 
     p = sub.add_parser("train", help="fine-tune a base model on a few-shot dataset")
-    _add_training_args(p, single=True)
+    _add_data_options(p)
+    _add_config_options(p)
     p.add_argument("--out", required=True, help="output folder (written atomically)")
 
     p = sub.add_parser("eval", help="evaluate a trained adapter (or head / full run) on a dataset")
@@ -134,7 +138,8 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
     p = bench.add_parser("sample-efficiency", help="held-out metric vs shots, seeds and methods, with 95%% CIs")
-    _add_training_args(p, single=False)
+    _add_data_options(p)
+    _add_config_options(p, skip=("method", "shots", "seed"))  # swept by the benchmark
     p.add_argument("--methods", type=_csv, default=["lora", "hora"])
     p.add_argument("--shots", type=_ints, default=[1, 2, 4, 8, 16])
     p.add_argument("--seeds", type=int, default=5, help="number of seeds (0 .. N-1)")
@@ -156,6 +161,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--match-params", action="store_true")
     p.add_argument("--device", default="auto", choices=["auto", "cpu"])
     p.add_argument("--out", required=True)
+    p = bench.add_parser(
+        "cold-start", help="the explorer started in a fresh process until headless Chromium can use it"
+    )
+    p.add_argument("--runs", type=int, default=3)
+    p = bench.add_parser("load", help="N concurrent gradio_client users against the explorer on 127.0.0.1")
+    p.add_argument("--users", type=int, default=16)
+    p.add_argument("--seconds", type=float, default=120.0)
+    p.add_argument("--port", type=int, default=None, help="default: a free port")
+    p.add_argument("--finetune-users", type=int, default=None, help="default: a quarter of the users")
+    p.add_argument("--finetune-steps", type=int, default=5)
+    p.add_argument("--max-requests", type=int, default=500, help="per user")
+    p.add_argument("--timeout", type=float, default=120.0, help="per request, seconds")
     p = sub.add_parser("push", help="upload an adapter folder (with its model card) to the Hugging Face Hub")
     p.add_argument("adapter_dir")
     p.add_argument("repo_id", help="user-or-org/name")
@@ -223,7 +240,7 @@ def _demo() -> dict:
     blocks, width, heads = config.num_hidden_layers, config.hidden_size, config.num_attention_heads
     print(f"A ViT built from its config: {blocks} blocks, width {width}, {heads} heads; q and v adapted at rank 8.\n")
     summary: dict[str, Any] = {}
-    methods = ["hora", "lora", "dora"] + (["doran"] if hasattr(hora, "DoranConfig") else [])
+    methods = [name for name, method in METHODS.items() if method.low_rank]
     for method in methods:
         model, info = apply_method(copy.deepcopy(base), method, r=8, hyper_hidden=16)
         model.eval()
@@ -277,9 +294,10 @@ def cmd_train(args: argparse.Namespace) -> dict:
 
 
 def cmd_eval(args: argparse.Namespace) -> dict:
-    from hora.train import evaluate, load_data_for, load_trained
+    from hora.runs import load_run
+    from hora.task import evaluate, load_data_for
 
-    model, task, run = load_trained(args.base, args.adapter)
+    model, task, run = load_run(args.base, args.adapter)
     data = load_data_for(args.data, args.task)
     indices, cap, part = None, None, "all"
     recorded = run.get("data", {})
@@ -298,6 +316,29 @@ def _count(data: Any) -> int:
 def cmd_bench(args: argparse.Namespace) -> dict:
     from hora import bench
 
+    if args.bench == "cold-start":
+        from hora.bench import coldstart
+
+        report = coldstart.run(args.runs, log=lambda line: print(line, file=sys.stderr))
+        return {"command": "bench cold-start", **report}
+    if args.bench == "load":
+        from hora.bench import load
+
+        report = load.run(
+            args.users,
+            args.seconds,
+            args.port,
+            args.finetune_users,
+            args.finetune_steps,
+            args.max_requests,
+            args.timeout,
+        )
+        print(load.table(report), file=sys.stderr)
+        if report["server_log_tail"]:
+            print("server log (tail):\n" + report["server_log_tail"], file=sys.stderr)
+        if report["failures"]:
+            raise BenchFailedError(f"{report['failures']} requests failed", {"command": "bench load", **report})
+        return {"command": "bench load", **report}
     if args.bench == "speed":
         report = bench.speed(
             args.base,
@@ -337,6 +378,14 @@ def cmd_push(args: argparse.Namespace) -> dict:
     return {"command": "push", "repo_id": args.repo_id, "files": plan.files, "to": where}
 
 
+class BenchFailedError(Exception):
+    """A benchmark that ran but measured a failure (requests that failed): its report still goes out."""
+
+    def __init__(self, message: str, report: dict) -> None:
+        super().__init__(message)
+        self.report = report
+
+
 COMMANDS = {"demo": cmd_demo, "train": cmd_train, "eval": cmd_eval, "bench": cmd_bench, "push": cmd_push}
 
 
@@ -351,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = {"ok": True, **COMMANDS[args.command](args)}
         status = 0
+    except BenchFailedError as failure:
+        summary, status = {"ok": False, **failure.report, "error": str(failure)}, 1
     except (ValueError, FileNotFoundError) as error:  # DataError, HubError, bad settings: say what is wrong
         print(f"error: {error}", file=sys.stderr)
         summary, status = {"ok": False, "command": args.command, "error": str(error)}, 2

@@ -1,4 +1,5 @@
-"""Filesystem helpers: atomic folder writes, so an interrupted save never leaves half an adapter.
+"""Filesystem helpers: the names of the files in a run folder, and atomic folder writes, so that an interrupted
+save never leaves half an adapter.
 
 A save writes ``.tmp-<name>-<pid>-<random>`` beside ``<name>``, moves the previous ``<name>`` aside to
 ``.old-<name>-<pid>``, renames the new folder into place and deletes the old one. A process killed while
@@ -18,6 +19,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+
+# The files of a run folder: ``hora.runs`` writes them, ``hora.loaders`` and ``hora.push`` read them.
+ADAPTER_CONFIG = "adapter_config.json"  # PEFT's, for every PEFT method
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # PEFT's
+HEAD_CONFIG = "head_config.json"  # a head-only run: which modules the saved head replaces, and its labels
+HEAD_WEIGHTS = "head.safetensors"  # a head-only run's tensors
+METRICS = "metrics.json"  # the engine's record of a run: config, task, exact split, history, timing
+CARD = "README.md"  # the model card
 
 _LOCK = threading.Lock()  # the swap and recover never interleave within this process
 _ACTIVE: set[Path] = set()  # this process's temporary folders still being written

@@ -1,5 +1,7 @@
-"""Fine-tuning methods by name, all behind one call: ``apply_method(model, "hora", r=8, ...)``, and the
-base models they apply to (``load_base_model``).
+"""The method table, and every method behind one call: ``apply_method(model, "hora", r=8, ...)``.
+
+``METHODS`` is the one list of fine-tuning methods; the CLI, the engine, the asset builder, the benchmarks and the
+app all read it:
 
 - ``head``: linear probe, only the classifier / LM head trains.
 - ``full``: every parameter trains (the reference).
@@ -13,10 +15,8 @@ base models they apply to (``load_base_model``).
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import peft
@@ -25,14 +25,38 @@ from torch import nn
 
 import hora
 from hora.geometry import DEFAULT_TARGET_MODULES
+from hora.models import head_modules
 
 
-TaskKind = Literal["image", "text", "lm"]
-METHODS = ("head", "full", "lora", "dora", "hora", "doran")
-PEFT_METHODS = ("lora", "dora", "hora", "doran")
-#: the method whose budget ``match_params`` matches, for the PEFT baselines
-MATCH_REFERENCE = {"lora": "hora", "dora": "doran"}
-_HEAD_NAMES = ("classifier", "score", "head", "fc")
+@dataclass(frozen=True)
+class Method:
+    """One row of the method table."""
+
+    name: str  # what the CLI, configs and file names say: "hora"
+    label: str  # what people read: "HoRA"
+    implementation: Literal["hora", "peft", "torch"]  # who implements it: this project, PEFT, or plain requires_grad
+    budget_of: str | None = None  # match_params gives it the parameter budget of this method
+    low_rank: bool = False  # a low-rank adapter (has per-head factors to inspect)
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("head", "head-only", "torch"),
+        Method("full", "full", "torch"),
+        Method("lora", "LoRA", "peft", budget_of="hora", low_rank=True),
+        Method("hora", "HoRA", "hora", low_rank=True),
+        Method("dora", "DoRA", "peft", budget_of="doran", low_rank=True),
+        Method("doran", "DoRAN", "hora", low_rank=True),
+    )
+}
+PEFT_METHODS = tuple(name for name, m in METHODS.items() if m.implementation != "torch")
+LOW_RANK_METHODS = tuple(name for name, m in METHODS.items() if m.low_rank)
+
+
+def label(method: str) -> str:
+    """How people read a method's name ("HoRA"); an unknown name is returned as it is."""
+    return METHODS[method].label if method in METHODS else method
 
 
 @dataclass
@@ -67,13 +91,21 @@ def _config_dict(config: peft.PeftConfig | None) -> dict | None:
     return out
 
 
+def method_of(model: nn.Module) -> str:
+    """The method of a model's active adapter: lora, dora, hora or doran (``head`` for a model without one)."""
+    configs = getattr(model, "peft_config", None)
+    if not configs:
+        return "head"
+    config = configs[model.active_adapter]
+    kind = str(getattr(config.peft_type, "value", config.peft_type)).lower()
+    return "dora" if kind == "lora" and getattr(config, "use_dora", False) else kind
+
+
 def check_method(method: str) -> str:
     """``method`` lower-cased, or a ValueError naming the known methods."""
     name = method.lower()
     if name not in METHODS:
         raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
-    if name == "doran" and not hasattr(hora, "DoranConfig"):
-        raise ValueError("This version of hora has no DoranConfig, so the 'doran' method is not available.")
     return name
 
 
@@ -86,24 +118,6 @@ def default_targets(model: nn.Module) -> list[str]:
             "Pass target_modules explicitly, e.g. ['q_proj', 'v_proj']."
         )
     return list(DEFAULT_TARGET_MODULES[model_type])
-
-
-def head_modules(model: nn.Module) -> list[str]:
-    """Names of the output head: the classifier of a classification model, else the LM head."""
-    base = model.get_base_model() if isinstance(model, peft.PeftModel) else model
-    children = dict(base.named_children())
-    for name in _HEAD_NAMES:
-        if isinstance(children.get(name), nn.Linear):
-            return [name]
-    output = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    if output is not None:
-        for name, module in base.named_modules():
-            if module is output:
-                return [name]
-    raise ValueError(
-        f"Cannot find the output head of {type(base).__name__}: expected a Linear child named one of "
-        f"{_HEAD_NAMES} or output embeddings (an LM head)."
-    )
 
 
 def peft_config(
@@ -130,7 +144,7 @@ def peft_config(
     targets = list(target_modules) if isinstance(target_modules, (list, tuple, set)) else target_modules
     targets = targets or default_targets(model)
     save = list(modules_to_save) if modules_to_save else None
-    if method in ("lora", "dora"):
+    if METHODS[method].implementation == "peft":
         return peft.LoraConfig(
             r=r,
             lora_alpha=alpha,
@@ -237,11 +251,10 @@ def apply_method(
     common = dict(hyper_hidden=hyper_hidden, target_modules=target_modules, modules_to_save=heads, dropout=dropout)
     matched = None
     if match_params:
-        if method not in MATCH_REFERENCE:
-            raise ValueError(f"match_params applies to {sorted(MATCH_REFERENCE)}, not to {method!r}.")
-        ref_method = MATCH_REFERENCE[method]
-        if ref_method == "doran" and not hasattr(hora, "DoranConfig"):
-            ref_method = "hora"
+        ref_method = METHODS[method].budget_of
+        if ref_method is None:
+            matchable = sorted(n for n, m in METHODS.items() if m.budget_of)
+            raise ValueError(f"match_params applies to {matchable}, not to {method!r}.")
         reference = peft_config(ref_method, model, r=r, lora_alpha=alpha, **common)
         rank = match_lora_rank(model, reference, use_dora=method == "dora")
         matched = {
@@ -260,98 +273,19 @@ def apply_method(
     return peft_model, info
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Base models
-
-
-def resolve_base(base: str | os.PathLike) -> Path:
-    """The folder of a base model: a local folder, else an embedded asset or Hub repo (``hora.hub.resolve``)."""
-    path = Path(base)
-    if path.is_dir():
-        return path
-    from hora.hub import resolve
-
-    return resolve(os.fspath(base)).path
-
-
-def model_class(kind: TaskKind, base_dir: Path) -> type:
-    """The transformers Auto class for a task; text classification needs a sequence-classification head."""
-    from transformers import (
-        AutoConfig,
-        AutoModelForCausalLM,
-        AutoModelForImageClassification,
-        AutoModelForSequenceClassification,
-    )
-    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
-
-    if kind == "image":
-        return AutoModelForImageClassification
-    if kind == "lm":
-        return AutoModelForCausalLM
-    config = AutoConfig.from_pretrained(base_dir)
-    if type(config) not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING:
-        raise ValueError(
-            f"Text classification needs a base with a sequence-classification head in transformers; model type "
-            f"{config.model_type!r} has none. Use a causal LM such as GPT-2 or Llama, or a BERT-like encoder."
-        )
-    return AutoModelForSequenceClassification
-
-
-def new_head(model: nn.Module, id2label: dict[int, str]) -> str:
-    """Replace the classifier of ``model`` by a freshly initialised one for ``id2label`` (draws from the
-    torch RNG, so seed first); returns its name."""
-    (name,) = head_modules(model)
-    old = model.get_submodule(name)
-    head = nn.Linear(old.in_features, len(id2label), bias=old.bias is not None)
-    # as transformers initialises classifiers: N(0, initializer_range), zero bias
-    nn.init.normal_(head.weight, std=getattr(model.config, "initializer_range", 0.02))
-    if head.bias is not None:
-        nn.init.zeros_(head.bias)
-    model.set_submodule(name, head.to(old.weight.device, old.weight.dtype))
-    model.config.num_labels = len(id2label)
-    model.config.id2label = dict(id2label)
-    model.config.label2id = {v: k for k, v in id2label.items()}
-    return name
-
-
-def load_base_model(
-    base_dir: str | os.PathLike, kind: TaskKind, id2label: dict[int, str] | None = None
-) -> tuple[nn.Module, bool]:
-    """The base model for ``kind``, in float32 (AdamW on bf16 weights loses small updates), and whether
-    its classifier was re-initialised: it is when ``id2label`` differs from the base's own labels (always
-    for text classification, whose head a causal LM does not have)."""
-    base_dir = Path(base_dir)
-    cls = model_class(kind, base_dir)
-    kw: dict[str, Any] = {"dtype": torch.float32}
-    if kind == "text":
-        kw["num_labels"] = len(id2label)
-    try:
-        model = cls.from_pretrained(base_dir, **kw)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"Could not load the base model in {base_dir}: {error}") from error
-    if id2label is not None:
-        current = {int(k): v for k, v in (model.config.id2label or {}).items()}
-        if kind == "text" or current != id2label:
-            new_head(model, id2label)
-            return model, True
-    return model, False
-
-
 __all__ = [
-    "MATCH_REFERENCE",
+    "LOW_RANK_METHODS",
     "METHODS",
     "PEFT_METHODS",
+    "Method",
     "MethodInfo",
     "adapter_param_count",
     "apply_method",
     "check_method",
     "default_targets",
-    "head_modules",
-    "load_base_model",
+    "label",
     "match_lora_rank",
-    "model_class",
-    "new_head",
+    "method_of",
     "peft_config",
-    "resolve_base",
     "trainable_params",
 ]

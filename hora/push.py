@@ -13,17 +13,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from hora import cards
+from hora.io import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CARD, HEAD_CONFIG, HEAD_WEIGHTS, METRICS
 from hora.validate import PICKLE_SUFFIXES, read_adapter_config
 
 
-UPLOADED = (
-    "adapter_config.json",
-    "adapter_model.safetensors",
-    "README.md",
-    "metrics.json",
-    "head_config.json",
-    "head.safetensors",
-)
+UPLOADED = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, CARD, METRICS, HEAD_CONFIG, HEAD_WEIGHTS)
 
 
 class PushError(ValueError):
@@ -39,13 +34,15 @@ class PushPlan:
 
 
 def _minimal_card(config: dict, repo_id: str) -> str:
-    method = config.get("peft_type", "adapter")
-    base = config.get("base_model_name_or_path") or "unknown"
-    return (
-        f"---\nlibrary_name: peft\nbase_model: {base}\ntags:\n- hora\n- {str(method).lower()}\n---\n\n"
+    """A card for an adapter folder that has none: what it is and how to load it."""
+    method = str(config.get("peft_type", "adapter"))
+    front = {"library_name": "peft", "base_model": config.get("base_model_name_or_path") or "unknown"}
+    front["tags"] = ["hora", method.lower()]
+    body = (
         f"# {repo_id}\n\nA {method} adapter trained with hora. Load it with `import hora, peft` and "
-        "`peft.PeftModel.from_pretrained(base_model, repo_id)`.\n"
+        "`peft.PeftModel.from_pretrained(base_model, repo_id)`."
     )
+    return cards.render(front, body)
 
 
 def push_plan(adapter_dir: str | os.PathLike, repo_id: str) -> PushPlan:
@@ -53,7 +50,7 @@ def push_plan(adapter_dir: str | os.PathLike, repo_id: str) -> PushPlan:
     folder = Path(adapter_dir)
     if "/" not in repo_id or repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise PushError(f"{repo_id!r} is not a Hub repo id: use 'user-or-org/name'.")
-    if (folder / "head_config.json").is_file():  # a head-only run: no PEFT adapter, a head tensor file
+    if (folder / HEAD_CONFIG).is_file():  # a head-only run: no PEFT adapter, a head tensor file
         config = {"peft_type": "head-only"}
     else:
         try:
@@ -64,10 +61,10 @@ def push_plan(adapter_dir: str | os.PathLike, repo_id: str) -> PushPlan:
     if pickles:
         raise PushError(f"{folder} holds pickled files ({', '.join(pickles)}); hora pushes safetensors only.")
     files = [name for name in UPLOADED if (folder / name).is_file()]
-    card_path = folder / "README.md"
+    card_path = folder / CARD
     card = card_path.read_text(encoding="utf-8") if card_path.is_file() else _minimal_card(config, repo_id)
-    if "README.md" not in files:
-        files.append("README.md")
+    if CARD not in files:
+        files.append(CARD)
     return PushPlan(repo_id, folder, files, card)
 
 
@@ -89,7 +86,7 @@ def push(
         out = Path(dry_run_dir)
         out.mkdir(parents=True, exist_ok=True)
         for name in plan.files:
-            if name == "README.md":
+            if name == CARD:
                 (out / name).write_text(plan.card, encoding="utf-8")
             else:
                 shutil.copyfile(plan.folder / name, out / name)
@@ -106,11 +103,11 @@ def push(
         api.upload_folder(
             repo_id=repo_id,
             folder_path=str(plan.folder),
-            allow_patterns=[n for n in plan.files if n != "README.md" or (plan.folder / "README.md").is_file()],
+            allow_patterns=[n for n in plan.files if n != CARD or (plan.folder / CARD).is_file()],
             commit_message="Upload adapter trained with hora",
         )
-        if not (plan.folder / "README.md").is_file():
-            api.upload_file(path_or_fileobj=plan.card.encode(), path_in_repo="README.md", repo_id=repo_id)
+        if not (plan.folder / CARD).is_file():
+            api.upload_file(path_or_fileobj=plan.card.encode(), path_in_repo=CARD, repo_id=repo_id)
     except OfflineModeIsEnabled as err:
         raise PushError("HF_HUB_OFFLINE is set: unset it to push to the Hub.") from err
     except (HfHubHTTPError, OSError) as err:  # the message never contains the token

@@ -5,7 +5,7 @@ from __future__ import annotations
 import peft
 import pytest
 import torch
-from tiny_models import tiny_gpt2, tiny_llama
+from helpers import tiny_gpt2, tiny_llama
 
 import hora
 from hora import analysis
@@ -39,3 +39,15 @@ def test_factor_pca_places_every_head_column():
     # zero factors (HoRA at init): no variance, nothing to explain, no crash
     fresh = peft.get_peft_model(tiny_gpt2(), hora.HoraConfig(r=4, hyper_hidden=8))
     assert analysis.factor_pca(fresh, 0, "q").explained_variance == [0.0, 0.0]
+
+
+def test_head_view_gathers_what_the_heads_tab_draws():
+    import peft
+
+    import hora
+
+    model = peft.get_peft_model(tiny_llama(), hora.HoraConfig(r=4, hyper_hidden=8, init_weights=False)).eval()
+    view = analysis.head_view(model, 1, "v", "cka")
+    assert view.deltas.shape == (2, 8, 32) and view.similarity.shape == (2, 2)  # GQA: 2 key/value heads
+    assert view.factors.B.shape == (2, 8, 4) and [s.layer for s in view.layers] == [0, 1]
+    assert view.pca.points.shape == (2 * 4, 2)

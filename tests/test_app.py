@@ -7,11 +7,11 @@ import json
 
 import peft
 import pytest
-from app_fixtures import tiny_samples, tiny_store
+from helpers import tiny_samples, tiny_store
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
-from tiny_models import tiny_llama
+from helpers import tiny_llama
 
 import hora
 from app.main import build_app, launch
@@ -118,7 +118,7 @@ def test_heads_refuses_a_base_without_adapters_choice(client):
 def test_models_tab_loads_local_folders_for_this_session_only(client, tmp_path):
     base = tiny_llama()
     base.save_pretrained(tmp_path / "base")
-    from tiny_models import char_tokenizer
+    from helpers import char_tokenizer
 
     char_tokenizer().save_pretrained(tmp_path / "base")
     peft.get_peft_model(tiny_llama(), hora.HoraConfig(r=4, hyper_hidden=8)).save_pretrained(tmp_path / "adapter")
@@ -162,7 +162,7 @@ def test_finetune_streams_curves_and_returns_loadable_adapters(client, tmp_path)
     with zipfile.ZipFile(hora_zip) as archive:
         archive.extractall(tmp_path / "adapter")
     assert (tmp_path / "adapter" / "metrics.json").is_file()
-    from tiny_models import tiny_vit
+    from helpers import tiny_vit
 
     base = tiny_vit()
     base.classifier = __import__("torch").nn.Linear(32, 3)
@@ -236,9 +236,9 @@ def test_bundled_samples_follow_the_chosen_base(client, tmp_path):
 
 
 def test_a_failing_run_is_reported_to_its_user_and_others_train_on(client, monkeypatch):
-    from app import finetune
+    from hora import jobs
 
-    real_train, calls = finetune.train, []
+    real_train, calls = jobs.train, []
 
     def fails_once(*args, **kwargs):
         calls.append(1)
@@ -246,7 +246,7 @@ def test_a_failing_run_is_reported_to_its_user_and_others_train_on(client, monke
             raise RuntimeError("disk on fire")
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(finetune, "train", fails_once)
+    monkeypatch.setattr(jobs, "train", fails_once)
     with pytest.raises(AppError, match="LoRA failed: disk on fire"):
         client.predict("tiny-vit", None, "shapes.zip", ["lora"], 4, 3, 0.01, 4, 0, api_name="/finetune")
     other = Client(client.src, verbose=False)  # another user, another session

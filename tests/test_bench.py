@@ -7,7 +7,7 @@ import json
 import math
 
 import pytest
-from test_train import save_vit, write_image_folder
+from helpers import save_vit, write_image_folder
 
 import hora
 from hora import bench

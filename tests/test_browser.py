@@ -24,7 +24,7 @@ else:
         not os.path.exists(CHROMIUM), reason="needs Debian's chromium (apt-get install chromium)"
     )
     playwright_api = pytest.importorskip("playwright.sync_api")
-from app.bench import CHROMIUM_ARGS  # noqa: E402 - no sandbox, no GPU, no background traffic to Google
+from hora.bench.coldstart import CHROMIUM_ARGS  # noqa: E402 - no sandbox, no GPU, no background traffic to Google
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def app_url(tmp_path_factory):
     if hub.embedded_assets():
         demo = create_app()
     else:  # no embedded assets in this checkout: the tiny test store still exercises the UI
-        from app_fixtures import tiny_samples, tiny_store
+        from helpers import tiny_samples, tiny_store
 
         root = tmp_path_factory.mktemp("models")
         demo = build_app(tiny_store(root), samples=tiny_samples(root / "samples"))

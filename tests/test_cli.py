@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from safetensors import safe_open
-from test_train import save_vit, write_image_folder
+from helpers import save_vit, write_image_folder
 
 from hora.cli import main
 
@@ -108,7 +108,7 @@ def test_accelerate_two_processes(setup, trained):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["device"]["num_processes"] == 2
     assert metrics["config"] == json.loads((root / "run" / "metrics.json").read_text())["config"]
-    from hora.train import load_trained
+    from hora.runs import load_run
 
-    model, _, _ = load_trained(base, out)
+    model, _, _ = load_run(base, out)
     assert model.peft_config["default"].peft_type == "HORA"

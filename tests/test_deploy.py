@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from app.bench import free_port
+from hora.bench.coldstart import free_port
 
 
 ROOT = Path(__file__).resolve().parents[1]

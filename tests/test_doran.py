@@ -6,7 +6,7 @@ import peft
 import pytest
 import torch
 from peft import LoraConfig
-from tiny_models import BUILDERS, example_inputs
+from helpers import BUILDERS, example_inputs
 
 import hora
 from hora.tuners.doran.layer import DoranLayer

@@ -10,7 +10,7 @@ import textwrap
 import peft
 import pytest
 import torch
-from tiny_models import BUILDERS, example_inputs
+from helpers import BUILDERS, example_inputs
 
 import hora
 
@@ -77,7 +77,7 @@ def test_exported_lora_loads_without_hora(tmp_path):
         f"""
         import sys, torch, peft
         sys.path.insert(0, {str(__import__("pathlib").Path(__file__).parent)!r})
-        from tiny_models import tiny_llama
+        from helpers import tiny_llama
         model = peft.PeftModel.from_pretrained(tiny_llama(), {str(tmp_path / "lora")!r}).eval()
         ids = torch.load({str(tmp_path / "ids.pt")!r}, weights_only=True)
         with torch.no_grad():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import peft
 import pytest
 import torch
-from tiny_models import tiny_gpt2, tiny_llama, tiny_vit
+from helpers import tiny_gpt2, tiny_llama, tiny_vit
 from torch import nn
 
 import hora

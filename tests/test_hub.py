@@ -10,11 +10,13 @@ from pathlib import Path
 import peft
 import pytest
 import torch
-from tiny_models import char_tokenizer, example_inputs, tiny_llama, tiny_vit
+from helpers import char_tokenizer, example_inputs, tiny_llama, tiny_vit
 from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
 
 import hora
-from hora.hub import HubError, LoadedBase, embedded_assets, load_adapter, load_base, read_card
+from hora.cards import read as read_card
+from hora.hub import HubError, embedded_assets
+from hora.loaders import LoadedBase, load_adapter, load_base
 
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -174,7 +176,7 @@ def test_new_label_set_adapter_and_head_only_run(tmp_path):
 
     from safetensors.torch import save_file
 
-    from hora.train import new_head
+    from hora.models import new_head
 
     labels = {i: f"class {i}" for i in range(6)}  # tiny_vit has 3 labels
     torch.manual_seed(0)

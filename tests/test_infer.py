@@ -8,7 +8,7 @@ import peft
 import pytest
 import torch
 from PIL import Image
-from tiny_models import char_tokenizer, tiny_llama, tiny_vit
+from helpers import char_tokenizer, tiny_llama, tiny_vit
 from transformers import ViTImageProcessor
 
 import hora

@@ -6,7 +6,7 @@ import peft
 import pytest
 import torch
 from peft import LoraConfig
-from tiny_models import BUILDERS
+from helpers import BUILDERS
 
 import hora
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import peft
 import pytest
 import torch
-from tiny_models import char_tokenizer, tiny_gpt2
+from helpers import char_tokenizer, tiny_gpt2
 from transformers import GPT2LMHeadModel
 
 from hora.io import atomic_dir, recover
@@ -63,10 +63,11 @@ def siblings(out: Path, prefix: str) -> list[Path]:
     return sorted(out.parent.glob(f"{prefix}-{out.name}-*"))
 
 
-# The real save path: hora.train.train -> save_run -> atomic_dir. The card is written last, after the adapter's
+# The real save path: hora.train.train -> hora.runs.save_run -> atomic_dir. The card is written last, after the adapter's
 # weights and metrics.json, so a card writer that announces itself and hangs is a save stopped midway.
 KILLED_WHILE_WRITING = """
     import pathlib, sys, time
+    import hora.runs as runs
     import hora.train as t
     base, data, out, ready = sys.argv[1:]
 
@@ -74,7 +75,7 @@ KILLED_WHILE_WRITING = """
         pathlib.Path(ready).write_text("half of the new adapter is on disk")
         time.sleep(600)
 
-    t.model_card = hang
+    runs.model_card = hang
     config = t.TrainConfig(method="hora", shots=None, steps=2, lr=1e-2, batch_size=4, context=32, r=4, hyper_hidden=8)
     t.train(base, data, config, out_dir=out)
 """
@@ -111,7 +112,7 @@ def test_a_save_killed_midway_keeps_the_old_adapter(lm_setup, tmp_path):
 KILLED_BETWEEN_RENAMES = """
     import os, signal, sys
     import peft
-    from tiny_models import tiny_gpt2
+    from helpers import tiny_gpt2
     from hora.io import atomic_dir
 
     out = sys.argv[1]

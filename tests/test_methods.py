@@ -5,7 +5,7 @@ from __future__ import annotations
 import peft
 import pytest
 import torch
-from tiny_models import tiny_gpt2, tiny_llama, tiny_vit
+from helpers import tiny_gpt2, tiny_llama, tiny_vit
 
 import hora
 from hora.methods import (
@@ -14,10 +14,12 @@ from hora.methods import (
     apply_method,
     check_method,
     default_targets,
-    head_modules,
+    label,
     match_lora_rank,
+    method_of,
     peft_config,
 )
+from hora.models import head_modules
 
 
 def _needs(method: str) -> None:
@@ -127,5 +129,16 @@ def test_match_params_only_for_lora_and_dora():
         apply_method(tiny_vit(), "hora", match_params=True)
 
 
-def test_all_methods_listed():
-    assert METHODS == ("head", "full", "lora", "dora", "hora", "doran")
+def test_the_method_table():
+    assert list(METHODS) == ["head", "full", "lora", "hora", "dora", "doran"]
+    assert [label(m) for m in METHODS] == ["head-only", "full", "LoRA", "HoRA", "DoRA", "DoRAN"]
+    assert {m: METHODS[m].budget_of for m in METHODS if METHODS[m].budget_of} == {"lora": "hora", "dora": "doran"}
+    assert [m for m in METHODS if METHODS[m].low_rank] == ["lora", "hora", "dora", "doran"]
+    assert label("mystery") == "mystery"
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "hora", "doran"])
+def test_method_of_reads_the_active_adapter(method):
+    model, _ = apply_method(tiny_vit(), method, r=2, hyper_hidden=4)
+    assert method_of(model) == method
+    assert method_of(tiny_vit()) == "head"

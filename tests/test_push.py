@@ -8,7 +8,7 @@ import sys
 
 import peft
 import pytest
-from tiny_models import tiny_llama
+from helpers import tiny_llama
 
 import hora
 from hora.push import PushError, push, push_plan

@@ -7,7 +7,7 @@ from __future__ import annotations
 import peft
 from peft import mapping
 from peft.config import PeftConfig
-from tiny_models import tiny_vit
+from helpers import tiny_vit
 
 import hora
 

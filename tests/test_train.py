@@ -3,51 +3,22 @@ what is saved loads back and evaluates to the same numbers."""
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 from pathlib import Path
 
-import numpy as np
 import peft
 import pytest
 import torch
-import yaml
-from PIL import Image
+from helpers import TEXT, char_tokenizer, save_gpt2, save_vit, tiny_llama, write_image_folder
 from safetensors.torch import load_file
-from tiny_models import char_tokenizer, tiny_gpt2, tiny_llama, tiny_vit
 
 import hora
 import hora.train as train_module
-from hora.data import few_shot_split, load_data
-from hora.train import StepEvent, TrainConfig, evaluate, load_trained, lr_at, train
-
-
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
-TEXT = "the quick brown fox jumps over the lazy dog. a bird sings in the tall tree.\n"
-
-
-def write_image_folder(root: Path, per_class: int = 8) -> Path:
-    """Class folders of 16x16 PNGs: a coloured square on noise, one colour per class."""
-    rng = np.random.default_rng(0)
-    for name, colour in COLOURS.items():
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            pixels = rng.integers(0, 90, (16, 16, 3), dtype=np.uint8)
-            pixels[4:12, 4:12] = colour
-            Image.fromarray(pixels).save(root / name / f"{i}.png")
-    return root
-
-
-def save_vit(folder: Path) -> Path:
-    tiny_vit().save_pretrained(folder)
-    return folder
-
-
-def save_gpt2(folder: Path) -> Path:
-    tiny_gpt2().save_pretrained(folder)
-    char_tokenizer().save_pretrained(folder)
-    return folder
+from hora.data import load_data
+from hora.runs import load_run
+from hora.task import evaluate
+from hora.train import StepEvent, TrainConfig, lr_at, train
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -172,7 +143,7 @@ def test_cancel_returns_and_saves_a_usable_adapter(image_setup, tmp_path):
     )
     assert result.stopped == "cancelled" and result.metrics["steps_done"] == 3
     assert "Cancelled after 3" in result.message
-    loaded, task, run = load_trained(base, out)
+    loaded, task, run = load_run(base, out)
     assert isinstance(loaded, peft.PeftModel) and run["stopped"] == "cancelled"
     # the folder is a plain PEFT adapter too
     from transformers import ViTForImageClassification
@@ -220,78 +191,6 @@ def test_injected_nan_keeps_the_last_good_weights(image_setup, tmp_path, monkeyp
     # step 4's loss came from the weights after step 3; the guard goes back to those step 3 started from
     good, kept = _adapter_tensors(tmp_path / "two"), _adapter_tensors(tmp_path / "nan")
     assert all(torch.equal(good[k], kept[k]) for k in good)
-
-
-def test_interrupted_save_leaves_no_partial_folder(image_setup, tmp_path, monkeypatch):
-    base, data = image_setup
-    out = tmp_path / "run"
-
-    def broken_card(metrics):
-        raise RuntimeError("disk full")
-
-    monkeypatch.setattr(train_module, "model_card", broken_card)
-    with pytest.raises(RuntimeError, match="disk full"):
-        train(base, data, TrainConfig(method="lora", **{**FAST, "steps": 2}), out_dir=out)
-    assert not out.exists()
-    assert not list(tmp_path.glob(".tmp-*"))
-    # an earlier run in the same folder survives a failed overwrite
-    monkeypatch.undo()
-    train(base, data, TrainConfig(method="lora", **{**FAST, "steps": 2}), out_dir=out)
-    before = sorted(p.name for p in out.iterdir())
-    monkeypatch.setattr(train_module, "model_card", broken_card)
-    with pytest.raises(RuntimeError):
-        train(base, data, TrainConfig(method="hora", **{**FAST, "steps": 2}), out_dir=out)
-    assert sorted(p.name for p in out.iterdir()) == before
-    assert json.loads((out / "metrics.json").read_text())["method"] == "lora"
-
-
-def test_outputs_metrics_and_model_card(image_setup, tmp_path):
-    base, data = image_setup
-    out = tmp_path / "run"
-    result = train(base, data, TrainConfig(method="hora", **{**FAST, "eval_every": 4}), out_dir=out)
-    assert {"adapter_config.json", "adapter_model.safetensors", "metrics.json", "README.md"} <= {
-        p.name for p in out.iterdir()
-    }
-    metrics = json.loads((out / "metrics.json").read_text())
-    expected = few_shot_split(load_data(data).labels, FAST["shots"], 0)
-    assert metrics["split"]["train"] == expected.train and metrics["split"]["eval"] == expected.eval
-    assert metrics["seed"] == 0 and metrics["id2label"] == {"0": "blue", "1": "green", "2": "red"}
-    assert metrics["final"] == result.final and metrics["best"]["step"] in (4, 8, 12)
-    assert metrics["history"]["eval_step"] == [4, 8, 12] and len(metrics["history"]["eval_accuracy"]) == 3
-    assert metrics["device"]["type"] == "cpu" and metrics["device"]["peak_memory_bytes"] > 0
-    assert metrics["timing"]["examples_per_s"] > 0 and metrics["config"]["method"] == "hora"
-    assert metrics["data"]["source"] == str(data)
-    card = (out / "README.md").read_text()
-    front = yaml.safe_load(card.split("---\n")[1])
-    assert front["base_model"] == str(base) and front["library_name"] == "peft"
-    assert "hora" in front["tags"] and front["hora"]["shots"] == FAST["shots"] and front["hora"]["seed"] == 0
-    assert front["metrics"] == ["accuracy", "loss"] and front["datasets"] == [str(data)]
-    assert json.loads((out / "adapter_config.json").read_text())["modules_to_save"] == ["classifier"]
-
-
-@pytest.mark.parametrize("method", ["head", "full"])
-def test_head_and_full_runs_load_back(image_setup, tmp_path, method):
-    base, data = image_setup
-    out = tmp_path / method
-    result = train(base, data, TrainConfig(method=method, **{**FAST, "steps": 4}), out_dir=out)
-    files = {p.name for p in out.iterdir()}
-    assert ({"head.safetensors", "head_config.json"} if method == "head" else {"config.json"}) <= files
-    model, task, run = load_trained(base, out)
-    assert model.config.id2label == {0: "blue", 1: "green", 2: "red"}
-    metrics = evaluate(model, load_data(data), task, indices=run["split"]["eval"])
-    assert metrics == pytest.approx(result.final)
-
-
-def test_lm_round_trip(lm_setup, tmp_path):
-    base, corpus = lm_setup
-    out = tmp_path / "lm"
-    config = TrainConfig(method="hora", shots=4, steps=4, context=32, r=4, hyper_hidden=8)
-    result = train(base, corpus, config, out_dir=out)
-    assert len(result.metrics["split"]["train_chunks"]) == 4
-    model, task, run = load_trained(base, out)
-    split = run["split"]
-    metrics = evaluate(model, load_data(corpus), task, indices=split["eval"], max_examples=split["eval_chunks"])
-    assert metrics == pytest.approx(result.final)
 
 
 def test_early_stopping(image_setup):

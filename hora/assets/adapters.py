@@ -10,18 +10,23 @@ Shakespeare the Folio plays minus the held-out works.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from hora.assets.common import write_metadata
 from hora.data import ImageClassificationData, LanguageModelingData
+from hora.methods import LOW_RANK_METHODS, METHODS
 from hora.train import TrainConfig, TrainResult, train
 
 
 R = 8
 HYPER_HIDDEN = 16
-VISION_METHODS = ("head", "lora", "hora", "dora", "doran")
-LM_METHODS = ("lora", "hora", "dora", "doran")
+VISION_METHODS = tuple(m for m in METHODS if m != "full")  # a head-only probe, then every low-rank method
+LM_METHODS = LOW_RANK_METHODS
 
 
 @dataclass
@@ -133,3 +138,51 @@ def rename_base(folder: Path, base_dir: Path, base_name: str) -> dict:
             data[key] = base_name
             path.write_text(json.dumps(data, indent=2) + "\n")
     return json.loads((folder / "metrics.json").read_text())
+
+
+def run_adapter(
+    root: Path,
+    base_name: str,
+    method: str,
+    data: Any,
+    recipe: Recipe,
+    source: str,
+    log: Callable[[str], None],
+    *,
+    evaluate: Callable[[torch.nn.Module], dict],
+    train_indices: Callable[[dict], list],
+) -> dict:
+    """Train one adapter with the engine, reload it from disk with ``hora.hub`` and evaluate it held-out."""
+    from hora.loaders import load_adapter, load_base
+
+    base_dir = root / base_name
+    out = base_dir / "adapters" / method
+    log(f"{base_name}: training {method} ({recipe.steps} steps)")
+    train_adapter(base_dir, data, method, recipe, out, source)
+    run = rename_base(out, base_dir, base_name)
+    reloaded = load_adapter(load_base(base_dir), out)
+    metrics = evaluate(reloaded)
+    info = {
+        "name": f"{base_name}/{method}",
+        "method": method,
+        "base_model": base_name,
+        "engine": "hora.train.train",
+        "config": {k: v for k, v in run["config"].items() if k not in ("device", "bf16")},
+        "method_info": run["method_info"],
+        "train_examples": train_indices(run["split"]),
+        "engine_validation": run["final"],
+        "training": {
+            "seconds": round(run["timing"]["train_seconds"], 1),
+            "steps": run["steps_done"],
+            "stopped": run["stopped"],
+        },
+        "trainable_parameters": run["method_info"]["trainable_params"],
+        "adapter_parameters": run["method_info"]["adapter_params"],
+        "metrics": metrics,
+    }
+    write_metadata(out, info)
+    headline = metrics.get("accuracy", metrics.get("folio", {}).get("loss"))
+    log(
+        f"{base_name}/{method}: held-out {headline:.4f}, {info['trainable_parameters']:,} trainable, {info['training']['seconds']:.0f}s"
+    )
+    return info

@@ -23,12 +23,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from hora import cards as hora_cards
 from hora.assets import adapters as adapter_stage
 from hora.assets import cards
-from hora.assets.build import LM_BASE, VISION_BASE
+from hora.assets.common import LM_BASE, VISION_BASE
 from hora.assets.data import load_digit_splits
 from hora.assets.vision import fewshot_pool_data
 from hora.io import atomic_dir
+from hora.methods import label
 
 
 SEEDS = (0, 1, 2, 3, 4)
@@ -70,7 +72,6 @@ SPECS = {
         f"Runs take {LM_STEPS} steps, half the embedded adapters' 200.",
     ),
 }
-METHOD_NAMES = {"head": "head-only", "lora": "LoRA", "hora": "HoRA", "dora": "DoRA", "doran": "DoRAN"}
 
 
 def lm_pool_data():
@@ -153,8 +154,8 @@ def markdown_table(report: dict) -> str:
             f"{c['mean']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}]"
             for c in (report["results"][method][str(k)] for k in report["shots"])
         ]
-        rows.append([METHOD_NAMES.get(method, method), f"{params:,}"] + cells)
-    return cards.table(header, rows)
+        rows.append([label(method), f"{params:,}"] + cells)
+    return hora_cards.table(header, rows)
 
 
 def best_by_shots(report: dict) -> dict[int, str]:
@@ -164,7 +165,7 @@ def best_by_shots(report: dict) -> dict[int, str]:
 
 def readme(report: dict, png: bool) -> str:
     spec = SPECS[report["base_model"]]
-    winners = ", ".join(f"{k}: {METHOD_NAMES[m]}" for k, m in best_by_shots(report).items())
+    winners = ", ".join(f"{k}: {label(m)}" for k, m in best_by_shots(report).items())
     config = report["config"]["hora"]
     better = "higher" if report["higher_is_better"] else "lower"
     return f"""# Sample efficiency on `{report["base_model"]}`
@@ -200,7 +201,7 @@ def figure_html(report: dict, path: Path) -> None:
             go.Scatter(
                 x=report["shots"],
                 y=[r["mean"] for r in rows],
-                name=METHOD_NAMES.get(method, method),
+                name=label(method),
                 mode="lines+markers",
                 error_y={
                     "type": "data",
@@ -235,7 +236,7 @@ def figure_png(report: dict, path: Path) -> bool:
             xs,
             [r["mean"] for r in rows],
             yerr=[[r["mean"] - r["ci_low"] for r in rows], [r["ci_high"] - r["mean"] for r in rows]],
-            label=METHOD_NAMES.get(method, method),
+            label=label(method),
             marker="o",
             markersize=4,
             capsize=3,

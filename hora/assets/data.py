@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 
 DIGITS_SEED = 0
@@ -47,6 +48,11 @@ def load_digit_splits() -> DigitSplits:
         else:
             pool.append(rest)
     return DigitSplits(images, labels, *(np.sort(np.concatenate(p)) for p in (heldout, pretrain, pool)))
+
+
+def digit_image(pixels: np.ndarray) -> Image.Image:
+    """An 8x8 digit (values 0-16, ink high) as a grayscale PIL image, ink white on black as in the data."""
+    return Image.fromarray(np.round(pixels.astype(np.float32) * (255 / 16)).astype(np.uint8), mode="L")
 
 
 def fewshot_indices(splits: DigitSplits, shots: int, seed: int) -> np.ndarray:

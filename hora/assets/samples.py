@@ -15,8 +15,7 @@ import io
 import zipfile
 from pathlib import Path
 
-from hora.assets.data import DigitSplits, fewshot_indices
-from hora.assets.vision import digit_image
+from hora.assets.data import DigitSplits, digit_image, fewshot_indices
 
 
 SAMPLES = "samples"

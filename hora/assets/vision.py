@@ -1,15 +1,28 @@
-"""The vision base: a tiny ViT pretrained on handwritten digits 0-4, fed through its own image processor."""
+"""The vision base: a tiny ViT pretrained on handwritten digits 0-4, fed through its own image processor, and the
+build stage that makes it, its held-out data and its adapters.
+
+Pretraining uses the engine's schedule (``hora.optim.cosine_schedule``) but not its loop: it trains every weight
+from random initialisation with augmentation, which is not the engine's few-shot fine-tuning.
+"""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+
+from hora.assets import adapters as adapter_stage
+from hora.assets import cards, samples
+from hora.assets.common import DIGITS_EVAL, SEED, VISION_BASE, mkparent, param_count, write_metadata
+from hora.assets.data import digit_image, load_digit_splits
+from hora.optim import cosine_schedule
 
 
 if TYPE_CHECKING:
@@ -21,11 +34,6 @@ MEAN = [0.5, 0.5, 0.5]
 STD = [0.5, 0.5, 0.5]
 LABELS = [str(d) for d in range(10)]
 PRETRAIN_LABELS = LABELS[:5]  # the base classifies digits 0-4; adapters get a fresh 10-way head
-
-
-def digit_image(pixels: np.ndarray) -> Image.Image:
-    """An 8x8 digit (values 0-16, ink high) as a grayscale PIL image, ink white on black as in the data."""
-    return Image.fromarray(np.round(pixels.astype(np.float32) * (255 / 16)).astype(np.uint8), mode="L")
 
 
 def fewshot_pool_data(splits) -> ImageClassificationData:
@@ -103,8 +111,6 @@ def pretrain_vit(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Full training of every weight with AdamW, a cosine schedule and random shifts."""
-    from hora.assets.language import cosine_lr
-
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     steps_per_epoch = -(-len(x) // batch)
@@ -116,7 +122,7 @@ def pretrain_vit(
         running = 0.0
         for chunk in order.split(batch):
             for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(step, total, lr, warmup=max(1, total // 20))
+                group["lr"] = cosine_schedule(step, total, lr, warmup=max(1, total // 20), floor=0.1)
             loss = model(pixel_values=shift(x[chunk], generator), labels=y[chunk]).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -137,3 +143,102 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
     correct = predictions == y
     per_class = {str(c): float(correct[y == c].float().mean()) for c in y.unique().tolist()}
     return {"accuracy": float(correct.float().mean()), "per_class": per_class, "n": len(y)}
+
+
+# ------------------------------------------------------------------------------------------------ the stage
+
+
+def build_vision(root: Path, settings: Any, log: Callable[[str], None]) -> dict:
+    """The ViT base (digits 0-4), the held-out digits for tests, example images and the five adapters.
+
+    ``settings`` is the builder's ``Settings`` (epochs of pretraining, the adapters' recipe).
+    """
+    from transformers import ViTForImageClassification
+
+    splits = load_digit_splits()
+    processor = image_processor()
+    x, y = pixel_values(processor, splits.images), torch.from_numpy(splits.labels)
+    held = torch.from_numpy(splits.heldout)
+    pre = torch.from_numpy(splits.pretrain)
+    folder = root / VISION_BASE
+    log(f"vision: pretraining on {len(pre)} digits 0-4 ({settings.vit_epochs} epochs)")
+    torch.manual_seed(SEED)
+    model = ViTForImageClassification(vit_config())
+    t0 = time.perf_counter()
+    recipe = pretrain_vit(model, x[pre], y[pre], epochs=settings.vit_epochs, seed=SEED, log=log)
+    seconds = time.perf_counter() - t0
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    base_metrics = vision_metrics(model, x[held], y[held])
+    log(
+        f"vision base: held-out accuracy {base_metrics['accuracy']:.3f} (digits 0-4: {base_metrics['accuracy_0_4']:.3f})"
+    )
+
+    write_heldout_files(root, splits, y, held)
+
+    split_record = {
+        "heldout_indices": splits.heldout.tolist(),
+        "pretrain_indices": splits.pretrain.tolist(),
+        "fewshot_pool_indices": splits.fewshot_pool.tolist(),
+    }
+    base_info = {
+        "name": VISION_BASE,
+        "kind": "image",
+        "data": {"source": "sklearn.datasets.load_digits()", **split_record},
+        "eval_file": DIGITS_EVAL,
+        "training": {**recipe, "seconds": round(seconds, 1), "seed": SEED},
+        "parameters": param_count(model),
+        "metrics": base_metrics,
+    }
+    write_metadata(folder, base_info)
+    cards.write_vision_base_card(folder, base_info, splits)
+
+    data = fewshot_pool_data(splits)
+    adapters = {}
+    for method in adapter_stage.VISION_METHODS:
+        adapters[method] = adapter_stage.run_adapter(
+            root,
+            VISION_BASE,
+            method,
+            data,
+            settings.vision,
+            "scikit-learn digits, few-shot pool",
+            log,
+            evaluate=lambda m: vision_metrics(m, x[held], y[held]),
+            train_indices=lambda split: [int(splits.fewshot_pool[i]) for i in split["train"]],
+        )
+    for method, info in adapters.items():
+        cards.write_adapter_card(root / VISION_BASE / "adapters" / method, info, base_info, adapters)
+    return {"base": base_info, "adapters": adapters}
+
+
+def write_heldout_files(root: Path, splits: Any, y: torch.Tensor, held: torch.Tensor) -> None:
+    """The held-out digits for the tests, one held-out example image per digit, and the Fine-tune tab's sample."""
+    from safetensors.torch import save_file
+
+    save_file(
+        {
+            "images": torch.from_numpy(splits.images[splits.heldout]).contiguous(),
+            "labels": y[held].contiguous(),
+            "indices": held.contiguous(),
+        },
+        os.fspath(mkparent(root / DIGITS_EVAL)),
+        metadata={"source": "sklearn.datasets.load_digits()", "values": "0-16, 8x8"},
+    )
+    examples = root / "examples"
+    examples.mkdir(exist_ok=True)
+    for digit in range(10):  # one held-out image per digit, at the 32x32 the model sees (same pixels)
+        index = int(splits.heldout[splits.labels[splits.heldout] == digit][0])
+        image = digit_image(splits.images[index]).resize((32, 32), resample=2)
+        image.save(examples / f"digit-{digit}-heldout-{index:04d}.png")
+    samples.write_digit_sample(root, splits)
+
+
+def vision_metrics(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """Held-out accuracy overall, per digit, and on the base's digits (0-4) and the new ones (5-9)."""
+    result = accuracy(model, x, y)
+    old = y < 5
+    result["accuracy_0_4"] = float(np.mean([result["per_class"][str(c)] for c in range(5)]))
+    result["accuracy_5_9"] = float(np.mean([result["per_class"][str(c)] for c in range(5, 10)]))
+    result["n_0_4"], result["n_5_9"] = int(old.sum()), int((~old).sum())
+    return result

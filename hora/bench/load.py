@@ -1,16 +1,16 @@
-"""Load test: ``python -m app.loadtest [--users 16] [--seconds 120] [--port P]``.
+"""Load test of the explorer: ``python -m hora bench load [--users 16] [--seconds 120] [--port P]``.
 
 Starts ``python -m app`` on 127.0.0.1 in a subprocess, then runs N concurrent gradio_client users (one thread
 and one Client each) for a bounded time. Each user loops over a mix: classify a bundled held-out digit, generate a
 few tokens, next-token distribution, passage perplexity, the Heads view of a layer and projection; a few users also
 run short fine-tunes on a bundled sample. It records per-endpoint counts, failures (an exception or a wrong-looking
 result), latency p50 / p95 / max and the server's RSS (with its children; sampled every 0.5 s), prints a table and,
-as the last line, a JSON summary. Exit code 1 if any request failed. Every request goes to 127.0.0.1.
+as the last line, a JSON summary. Exit code 1 if any request failed. Every request goes to 127.0.0.1. The users are
+``gradio_client`` clients (a dev requirement): the app is driven from outside; hora itself never imports gradio.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import psutil
 
-from app.bench import free_port
+from hora.bench.coldstart import free_port
 
 
 MIX = ("classify", "generate", "next_tokens", "perplexity", "heads")  # what every user loops over
@@ -297,6 +297,42 @@ def summarize(records: list[Record]) -> dict[str, dict]:
     return stats
 
 
+def _run_users(
+    url: str,
+    plan: Plan,
+    users: int,
+    deadline: float,
+    scratch: Path,
+    finetune_users: int,
+    finetune_steps: int,
+    max_requests: int,
+    timeout: float,
+) -> list[Record]:
+    """``users`` concurrent users until ``deadline``; every request they made, and any user still stuck after."""
+    per_user: list[list[Record]] = [[] for _ in range(users)]
+    threads = [
+        threading.Thread(
+            target=user,
+            args=(i, url, plan, deadline, per_user[i], scratch),
+            kwargs={
+                "finetune_steps": finetune_steps if i < finetune_users else 0,
+                "max_requests": max_requests,
+                "timeout": timeout,
+            },
+            daemon=True,
+            name=f"user-{i}",
+        )
+        for i in range(users)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:  # a request in flight at the deadline may run on, for at most `timeout`
+        thread.join(timeout=max(0.0, deadline + timeout + 30 - time.monotonic()))
+    records = [r for group in per_user for r in group]
+    stuck = [t.name for t in threads if t.is_alive()]
+    return records + [Record("stuck_user", 0.0, f"{name} still waiting at the end") for name in stuck]
+
+
 def run(
     users: int = 16,
     seconds: float = 120.0,
@@ -324,31 +360,11 @@ def run(
         probe = Client(url, verbose=False, download_files=False)
         plan = discover(probe, hub.assets_dir())
         probe.close()
-        per_user: list[list[Record]] = [[] for _ in range(users)]
         started = time.monotonic()
-        deadline = started + seconds
-        threads = [
-            threading.Thread(
-                target=user,
-                args=(i, url, plan, deadline, per_user[i], scratch),
-                kwargs={
-                    "finetune_steps": finetune_steps if i < finetune_users else 0,
-                    "max_requests": max_requests,
-                    "timeout": timeout,
-                },
-                daemon=True,
-                name=f"user-{i}",
-            )
-            for i in range(users)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:  # a request in flight at the deadline may run on, for at most `timeout`
-            thread.join(timeout=max(0.0, deadline + timeout + 30 - time.monotonic()))
+        records = _run_users(
+            url, plan, users, started + seconds, scratch, finetune_users, finetune_steps, max_requests, timeout
+        )
         wall = time.monotonic() - started
-        records = [r for group in per_user for r in group]
-        stuck = [t.name for t in threads if t.is_alive()]
-        records += [Record("stuck_user", 0.0, f"{name} still waiting at the end") for name in stuck]
         if server.poll() is not None:
             records.append(Record("server", 0.0, f"the app exited with code {server.returncode}"))
         rss_end = rss(server.pid)
@@ -401,25 +417,4 @@ def table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=120.0)
-    parser.add_argument("--port", type=int, default=None, help="default: a free port")
-    parser.add_argument("--finetune-users", type=int, default=None, help="default: a quarter of the users")
-    parser.add_argument("--finetune-steps", type=int, default=5)
-    parser.add_argument("--max-requests", type=int, default=500, help="per user")
-    parser.add_argument("--timeout", type=float, default=120.0, help="per request, seconds")
-    args = parser.parse_args(argv)
-    summary = run(
-        args.users, args.seconds, args.port, args.finetune_users, args.finetune_steps, args.max_requests, args.timeout
-    )
-    print(table(summary))
-    if summary["server_log_tail"]:
-        print("server log (tail):\n" + summary["server_log_tail"])
-    print(json.dumps(summary), flush=True)
-    return 1 if summary["failures"] else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+__all__ = ["ENDPOINTS", "MIX", "run", "table"]

@@ -1,14 +1,13 @@
-"""Cold-start benchmark: ``python -m app.bench [--runs 3]``.
+"""Cold-start benchmark of the explorer: ``python -m hora bench cold-start [--runs 3]``.
 
 Starts ``python -m app`` in a fresh process, times (1) until the server answers HTTP and (2) until the
 page is usable in headless Chromium (the Compare tab's Classify button is visible), stops it, and prints
-the medians as JSON on the last line. Needs Debian's chromium and the playwright package.
+the medians as JSON on the last line. Needs Debian's chromium and the playwright package (dev requirements).
+It drives the app from outside, as a browser does; hora itself never imports gradio.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import socket
@@ -77,24 +76,20 @@ def cold_start(timeout: float = 120.0) -> dict[str, float]:
         server.wait(timeout=30)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
-    args = parser.parse_args()
-    runs = []
-    for i in range(args.runs):
-        runs.append(cold_start())
-        print(
-            f"run {i + 1}: HTTP ready {runs[-1]['http_ready_s']:.2f} s, page usable {runs[-1]['page_usable_s']:.2f} s"
+def run(runs: int = 3, log=print) -> dict:
+    """``runs`` cold starts; their medians and the machine."""
+    results = []
+    for i in range(runs):
+        results.append(cold_start())
+        log(
+            f"run {i + 1}: HTTP ready {results[-1]['http_ready_s']:.2f} s, page usable {results[-1]['page_usable_s']:.2f} s"
         )
-    summary = {
-        "runs": runs,
-        "median_http_ready_s": statistics.median(r["http_ready_s"] for r in runs),
-        "median_page_usable_s": statistics.median(r["page_usable_s"] for r in runs),
+    return {
+        "runs": results,
+        "median_http_ready_s": statistics.median(r["http_ready_s"] for r in results),
+        "median_page_usable_s": statistics.median(r["page_usable_s"] for r in results),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
     }
-    print(json.dumps(summary))
 
 
-if __name__ == "__main__":
-    main()
+__all__ = ["CHROMIUM_ARGS", "cold_start", "free_port", "run"]

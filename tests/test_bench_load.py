@@ -1,5 +1,6 @@
-"""A short load test of the real app (``python -m app`` on the embedded assets, in a subprocess): 4 concurrent
-users for 20 s, one of them fine-tuning; no request may fail and the server's memory stays bounded."""
+"""``python -m hora bench load``, short: the real app (``python -m app`` on the embedded assets, in a subprocess)
+under 4 concurrent users for 20 s, one of them fine-tuning; no request may fail and the server's memory stays
+bounded."""
 
 from __future__ import annotations
 
@@ -7,23 +8,24 @@ import json
 
 import pytest
 
-from app import loadtest
 from hora import hub
+from hora.bench import load
+from hora.cli import main
 
 
 @pytest.mark.slow
 def test_four_users_for_twenty_seconds(capsys):
     if not hub.embedded_assets():
         pytest.skip(f"no embedded assets under {hub.assets_dir()}")
-    code = loadtest.main(["--users", "4", "--seconds", "20", "--finetune-steps", "2", "--timeout", "60"])
-    out = capsys.readouterr().out
-    summary = json.loads(out.strip().splitlines()[-1])  # the JSON summary is the last line
+    code = main(["bench", "load", "--users", "4", "--seconds", "20", "--finetune-steps", "2", "--timeout", "60"])
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])  # the JSON summary is the last line
     assert summary["failures"] == 0, summary["errors"]
     assert code == 0
     counts = {name: stats["count"] for name, stats in summary["endpoints"].items()}
-    assert all(counts.get(name, 0) >= 1 for name in loadtest.ENDPOINTS), counts
+    assert all(counts.get(name, 0) >= 1 for name in load.ENDPOINTS), counts
     assert all(stats["p50_ms"] <= stats["p95_ms"] <= stats["max_ms"] for stats in summary["endpoints"].values())
     memory = summary["rss_mib"]
     assert 0 < memory["start"] <= memory["peak"] < 6 * 1024 and memory["end"] <= memory["peak"]
     assert summary["machine"]["cpus"] and summary["machine"]["machine"]
-    assert "requests" in out and "server RSS" in out  # the human table came first
+    assert summary["ok"] and "requests" in captured.err and "server RSS" in captured.err  # the human table
