@@ -48,20 +48,33 @@ class BlockGenerator(nn.Module):
         generate_a: bool,
         zero_b: bool,
         device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
-        """Create the layers projection ``projection`` needs (idempotent, so loading finds the same keys)."""
+        """Create the layers projection ``projection`` needs (idempotent, so loading finds the same keys).
+
+        New layers are initialised in float32 and then cast to ``dtype`` (the base layer's), as PEFT does with
+        LoRA's weights; ``PeftModel`` then upcasts half-precision adapters to float32 unless asked not to.
+        """
         p, key = self.hidden, _key(projection)
+        new: list[nn.Module] = []
         if generate_a:
             a_key = self._in_key(projection, in_features)
             if a_key not in self.a_in:
                 self.a_in[a_key] = _first_layer(in_features, p, device)
+                new.append(self.a_in[a_key])
             if key not in self.a_out:
                 self.a_out[key] = _second_layer(p, in_features, zero=False, device=device)
+                new.append(self.a_out[key])
         b_key = self._in_key(projection, head_dim)
         if b_key not in self.b_in:
             self.b_in[b_key] = _first_layer(head_dim, p, device)
+            new.append(self.b_in[b_key])
         if key not in self.b_out:
             self.b_out[key] = _second_layer(p, head_dim, zero=zero_b, device=device)
+            new.append(self.b_out[key])
+        if dtype is not None:
+            for layer in new:
+                layer.to(dtype=dtype)
 
     def generate_a(self, projection: str, seed: torch.Tensor) -> torch.Tensor:
         """A = G_A(Ā), row-wise. seed: (r, in) -> (r, in)."""

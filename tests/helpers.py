@@ -7,7 +7,6 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import peft
 import torch
 from PIL import Image
 from transformers import (
@@ -19,8 +18,6 @@ from transformers import (
     ViTForImageClassification,
     ViTImageProcessor,
 )
-
-import hora
 
 
 def tiny_vit(seed: int = 0) -> ViTForImageClassification:
@@ -137,6 +134,9 @@ def save_gpt2(folder: Path) -> Path:
 
 def tiny_store(folder: Path | None = None):
     """Two tiny bases with LoRA and HoRA adapters; saved under ``folder`` (if given) so they can be fine-tuned."""
+    import peft
+
+    import hora
     from app.store import ModelStore, Variant
 
     store = ModelStore()

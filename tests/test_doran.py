@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import peft
 import pytest
 import torch
-from peft import LoraConfig
 from helpers import BUILDERS, example_inputs
+from peft import LoraConfig
 
 import hora
 from hora.tuners.doran.layer import DoranLayer
@@ -109,3 +111,94 @@ def test_detached_norm_changes_gradients_not_outputs():
         grads.append(next(p.grad for n, p in model.named_parameters() if "doran_A_seed" in n).clone())
     torch.testing.assert_close(outs[0], outs[1])
     assert not torch.allclose(grads[0], grads[1])
+
+
+def lin0_mlp() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        OrderedDict(lin0=torch.nn.Linear(10, 20), relu=torch.nn.ReLU(), lin1=torch.nn.Linear(20, 2))
+    ).eval()
+
+
+def three_doran_adapters(kind: str) -> tuple[peft.PeftModel, dict[str, torch.Tensor]]:
+    """Three DoRAN adapters (generated, static, per-channel τ) on the same modules, none of them the identity."""
+    if kind == "mlp":
+        base, kw = lin0_mlp(), {"target_modules": ["lin0"], "head_layout": {"lin0": 5}}
+        inputs = {"input": torch.randn(9, 10)}
+    else:  # GPT-2's fused c_attn is a Conv1D: weights stored (in, out)
+        base, kw, inputs = BUILDERS[kind](), {}, example_inputs(kind)
+    configs = {
+        "a": hora.DoranConfig(r=4, hyper_hidden=8, init_weights=False, **kw),
+        "b": hora.DoranConfig(r=4, init_weights=False, use_generator=False, **kw),
+        "c": hora.DoranConfig(r=4, hyper_hidden=8, init_weights=False, tau_granularity="channel", tau_init=0.5, **kw),
+    }
+    model = peft.get_peft_model(base, configs["a"], adapter_name="a").eval()
+    for name in ("b", "c"):
+        model.add_adapter(name, configs[name])
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "doran_magnitude" in name:
+                param.mul_(1.0 + 0.2 * torch.rand_like(param))
+    return model, inputs
+
+
+def forward(model, inputs) -> torch.Tensor:
+    with torch.no_grad():
+        out = model(**inputs)
+    return out if isinstance(out, torch.Tensor) else out.logits
+
+
+def base_weights(model) -> dict[str, torch.Tensor]:
+    return {
+        n: m.get_base_layer().weight.detach().clone() for n, m in model.named_modules() if isinstance(m, DoranLayer)
+    }
+
+
+@pytest.mark.parametrize(
+    "kind,order", [("mlp", ["a", "b", "c"]), ("mlp", ["c", "a", "b"]), ("mlp", ["b", "c"]), ("gpt2", ["c", "b", "a"])]
+)
+@pytest.mark.parametrize("safe_merge", [False, True])
+def test_merging_several_adapters_on_one_module_reproduces_the_forward(kind, order, safe_merge):
+    """With several DoRAN adapters active on one module, each one's row scale comes from the unmerged W0 and it acts
+    on what the adapters before it produced; merging them (all at once or one by one) must give that same function,
+    and unmerging must give back W0."""
+    model, inputs = three_doran_adapters(kind)
+    w0 = base_weights(model)
+    with model.disable_adapter():
+        base_out = forward(model, inputs)
+    model.base_model.set_adapter(order)
+    combined = forward(model, inputs)
+    model.base_model.set_adapter(order[:1])
+    assert not torch.allclose(combined, forward(model, inputs), atol=1e-3)  # the later adapters do something
+    model.base_model.set_adapter(order)
+
+    model.merge_adapter(safe_merge=safe_merge)
+    torch.testing.assert_close(forward(model, inputs), combined, atol=1e-5, rtol=1e-5)
+    model.unmerge_adapter()
+    for name, weight in base_weights(model).items():
+        torch.testing.assert_close(weight, w0[name], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(forward(model, inputs), combined, atol=1e-5, rtol=1e-5)
+
+    for name in order:  # one at a time, as PEFT's sequential-merge tests do
+        model.merge_adapter([name], safe_merge=safe_merge)
+    torch.testing.assert_close(forward(model, inputs), combined, atol=1e-5, rtol=1e-5)
+    model.unmerge_adapter()
+    with model.disable_adapter():
+        torch.testing.assert_close(forward(model, inputs), base_out, atol=1e-5, rtol=1e-5)
+
+    merged = model.merge_and_unload(adapter_names=order)
+    torch.testing.assert_close(forward(merged, inputs), combined, atol=1e-5, rtol=1e-5)
+
+
+def test_a_merged_adapter_does_not_change_what_another_adapter_sees():
+    """Adding an adapter, or exporting one (effective magnitude, ΔW), while another is merged uses W0, not W0 + merge."""
+    model, _ = three_doran_adapters("mlp")
+    layer = model.base_model.model.lin0
+    before = (layer.effective_magnitude("b").detach().clone(), layer.delta_weight_out_in("b").detach().clone())
+    model.merge_adapter(["a"])
+    torch.testing.assert_close(layer.effective_magnitude("b"), before[0])
+    torch.testing.assert_close(layer.delta_weight_out_in("b"), before[1])
+    model.add_adapter("d", hora.DoranConfig(r=4, hyper_hidden=8, target_modules=["lin0"], head_layout={"lin0": 5}))
+    model.unmerge_adapter()
+    torch.testing.assert_close(layer.doran_magnitude["d"], layer.get_base_layer().weight.norm(dim=1) + 0.1)

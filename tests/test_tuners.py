@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import peft
 import pytest
 import torch
@@ -70,7 +72,7 @@ def test_save_load_round_trip(kind, method, tmp_path):
     model = perturbed(kind, method)
     model.save_pretrained(tmp_path)
     config = (tmp_path / "adapter_config.json").read_text()
-    assert f'"peft_type": "{model.peft_config["default"].peft_type}"' in config
+    assert f'"peft_type": "{model.peft_config["default"].peft_type.value}"' in config
     assert (tmp_path / "adapter_model.safetensors").is_file()
     loaded = peft.PeftModel.from_pretrained(BUILDERS[kind](), tmp_path).eval()
     saved = {k: v for k, v in model.state_dict().items()}
@@ -189,3 +191,93 @@ def test_config_errors_are_explicit():
     with pytest.raises(ValueError, match="tau_granularity"):
         hora.DoranConfig(tau_granularity="row")
     hora.DoranConfig(r=16, hyper_hidden=8, use_generator=False)  # no generator: no width constraint
+
+
+# --- regressions found by PEFT's own test suite (tests/test_peft_conformance.py) ---
+
+
+def mlp(dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """PEFT's test MLP: lin0 (10 -> 20), ReLU, lin1 (20 -> 2)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        OrderedDict(lin0=torch.nn.Linear(10, 20), relu=torch.nn.ReLU(), lin1=torch.nn.Linear(20, 2))
+    )
+    return model.to(dtype)
+
+
+MLP_CONFIGS = {
+    "hora": lambda **kw: hora.HoraConfig(target_modules=["lin0", "lin1"], head_layout={"lin0": 5, "lin1": 2}, **kw),
+    "doran": lambda **kw: hora.DoranConfig(target_modules=["lin0", "lin1"], head_layout={"lin0": 5, "lin1": 2}, **kw),
+}
+
+
+def adapter_dtypes(model: peft.PeftModel) -> dict[str, torch.dtype]:
+    prefix = model.base_model.prefix
+    return {n: p.dtype for n, p in model.named_parameters() if prefix in n}
+
+
+@pytest.mark.parametrize("method", ["hora", "doran"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_half_precision_adapters_follow_peft_dtype_policy(method, dtype, autocast, tmp_path):
+    """The generators on the tuner follow PEFT's rule for LoRA's weights: float32 with autocast, else the base dtype."""
+    expected = torch.float32 if autocast else dtype
+    model = peft.get_peft_model(mlp(dtype), MLP_CONFIGS[method](init_weights=False), autocast_adapter_dtype=autocast)
+    model.add_adapter("other", MLP_CONFIGS[method](init_weights=False), autocast_adapter_dtype=autocast)
+    dtypes = adapter_dtypes(model)
+    assert any("_generator.default." in n for n in dtypes) and any("_generator.other." in n for n in dtypes)
+    assert set(dtypes.values()) == {expected}, dtypes
+    x = torch.randn(3, 10).to(dtype)
+    with torch.no_grad():
+        out = model(x)  # used to raise "mat1 and mat2 must have the same dtype" without autocast
+    assert out.dtype == dtype and torch.isfinite(out).all()
+
+    model.save_pretrained(tmp_path)
+    loaded = peft.PeftModel.from_pretrained(mlp(dtype), tmp_path, autocast_adapter_dtype=autocast)
+    loaded.load_adapter(tmp_path / "other", adapter_name="other", autocast_adapter_dtype=autocast)
+    assert set(adapter_dtypes(loaded).values()) == {expected}
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), out)
+
+
+def test_generators_follow_a_float64_base_model():
+    """Not only half precision: generators are created in the base layer's dtype, as LoRA's weights are."""
+    model = peft.get_peft_model(mlp(torch.float64), MLP_CONFIGS["hora"](init_weights=False))
+    assert set(adapter_dtypes(model).values()) == {torch.float64}
+    assert model(torch.randn(2, 10, dtype=torch.float64)).dtype == torch.float64
+
+
+def generator_grads(model: peft.PeftModel, adapter: str) -> set[bool]:
+    attr = type(model.base_model).generator_attr
+    return {p.requires_grad for n, p in model.named_parameters() if f"{attr}.{adapter}." in n}
+
+
+@pytest.mark.parametrize("method", ["hora", "doran"])
+def test_adding_or_loading_an_adapter_keeps_a_frozen_generator_frozen(method, tmp_path):
+    """PEFT restores the trainability of existing adapters after add_adapter / load_adapter; so must the generators."""
+    model = peft.get_peft_model(mlp(), MLP_CONFIGS[method](init_weights=False))
+    model.add_adapter("other", MLP_CONFIGS[method](init_weights=False))
+    model.save_pretrained(tmp_path)
+
+    frozen = peft.PeftModel.from_pretrained(mlp(), tmp_path, is_trainable=False)
+    assert generator_grads(frozen, "default") == {False}
+    frozen.add_adapter("added", MLP_CONFIGS[method](init_weights=False))
+    assert generator_grads(frozen, "default") == {False}  # was switched on by hora's set_adapter
+    assert generator_grads(frozen, "added") == {False}  # inactive, as PEFT leaves a new inactive adapter
+    frozen.load_adapter(tmp_path / "other", adapter_name="other", is_trainable=True)
+    assert generator_grads(frozen, "default") == {False}
+    assert generator_grads(frozen, "other") == {True}  # is_trainable=True switches on the loaded adapter only
+    assert not any(p.requires_grad for n, p in frozen.named_parameters() if ".default." in n)
+
+    # and the other way round: adding an inference-mode adapter leaves a trainable one trainable
+    trainable = peft.PeftModel.from_pretrained(mlp(), tmp_path, is_trainable=True)
+    assert generator_grads(trainable, "default") == {True}
+    trainable.load_adapter(tmp_path / "other", adapter_name="other", is_trainable=False)
+    assert generator_grads(trainable, "default") == {True}
+    assert generator_grads(trainable, "other") == {False}
+
+
+def test_direct_injection_refuses_instead_of_dropping_the_generators():
+    """`inject_adapter_in_model` returns the bare model and drops the tuner, where the generators live."""
+    with pytest.raises(ValueError, match="shared state"):
+        peft.inject_adapter_in_model(MLP_CONFIGS["hora"](), mlp())

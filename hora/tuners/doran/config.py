@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from hora.registration import DORAN
 from hora.tuners.hora.config import GeneratedFactorsConfig
 
 
@@ -60,7 +61,7 @@ class DoranConfig(GeneratedFactorsConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.peft_type = "DORAN"
+        self.peft_type = DORAN  # an ExternalPeftType: the string "DORAN" that reads like a PeftType member
 
     def _check(self) -> None:
         super()._check()

@@ -53,7 +53,7 @@ class DoranLayer(GeneratedFactorsLayer):
         )
         with torch.no_grad():
             # m0 = ‖W0‖_c + τ0 makes W' = W0 exactly at step 0 (m0 = ‖W0‖_c would shrink every row)
-            w0 = self._base_weight().float()
+            w0 = self._unmerged_base_weight()  # W0 even if other adapters are merged
             magnitude = w0.norm(dim=1) + config.tau_init
         self.doran_magnitude[adapter_name] = nn.Parameter(magnitude)
         self._move_adapter_to_device_of_base_layer(adapter_name)
@@ -77,19 +77,37 @@ class DoranLayer(GeneratedFactorsLayer):
 
     def effective_magnitude(self, adapter: str) -> torch.Tensor:
         """m' = m·‖V‖/(‖V‖ + τ): the magnitude of the plain DoRA adapter that equals this DoRAN adapter."""
-        v = self._base_weight().to(self.doran_magnitude[adapter].dtype) + self._generated_weight(adapter)
-        return self._row_scale(adapter, self._base_weight()) * v.norm(dim=1)
+        w0 = self._unmerged_base_weight()
+        v = w0.to(self.doran_magnitude[adapter].dtype) + self._generated_weight(adapter)
+        return self._row_scale(adapter, w0) * v.norm(dim=1)
 
     def delta_weight_out_in(self, adapter: str) -> torch.Tensor:
-        w0 = self._base_weight().float()
+        w0 = self._unmerged_base_weight()
         v = w0 + self._generated_weight(adapter).float()
         return self._row_scale(adapter, w0).float().unsqueeze(1) * v - w0
 
+    # Merging. With several adapters active, the forward pass chains them: each `_apply_adapter` gets the output
+    # so far and computes  y <- S_i ⊙ (y - b + s·B_i A_i x) + b,  where the row scale S_i = m_i / (‖W0 + s·B_i A_i‖ + τ_i)
+    # always comes from the *unmerged* base weight W0. So the function of adapters 1..k applied in that order is
+    # W_k = S_k ⊙ (W_{k-1} + s·B_k A_k), W_0 = W0, and a merge in the same order must build exactly that: each merge
+    # multiplies the weight it finds (holding the earlier merges) but takes S_i from W0, which it recovers by undoing
+    # the earlier merges, last first, as PEFT does for DoRA (`LoraLayer._unmerged_base_weight`). Unmerging divides
+    # by the recorded S_i and subtracts s·B_i A_i again, last merge first, back to W0.
+
+    def _unmerged_base_weight(self) -> torch.Tensor:
+        """W0 in (out, in) orientation, float32: the base weight with every merged adapter taken out again."""
+        weight = self._base_weight().float()
+        for adapter in reversed(self.merged_adapters):
+            if adapter in self._merge_scales:
+                weight = weight / self._merge_scales[adapter].unsqueeze(1) - self._generated_weight(adapter).float()
+        return weight
+
     def _merged_weight(self, adapter: str, weight: torch.Tensor) -> torch.Tensor:
-        w0 = self._to_base_orientation(weight).float()
-        scale = self._row_scale(adapter, w0).float()
+        scale = self._row_scale(adapter, self._unmerged_base_weight()).float()
         self._merge_scales[adapter] = scale  # unmerging needs the scale of this merge
-        merged = scale.unsqueeze(1) * (w0 + self._generated_weight(adapter).float())
+        merged = scale.unsqueeze(1) * (
+            self._to_base_orientation(weight).float() + self._generated_weight(adapter).float()
+        )
         return self._to_base_orientation(merged)
 
     def _unmerged_weight(self, adapter: str, weight: torch.Tensor) -> torch.Tensor:

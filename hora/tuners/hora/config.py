@@ -7,6 +7,8 @@ from typing import Literal
 
 from peft.config import PeftConfig
 
+from hora.registration import HORA, ExternalPeftType
+
 
 @dataclass
 class GeneratedFactorsConfig(PeftConfig):
@@ -124,6 +126,17 @@ class GeneratedFactorsConfig(PeftConfig):
     def _uses_generator(self) -> bool:
         return True  # DoRAN can run with static factors
 
+    def to_dict(self) -> dict:
+        """The config as a dict, with ``peft_type`` as the plain name written to ``adapter_config.json``.
+
+        The attribute reads like a member of PEFT's ``PeftType`` (``str()`` gives ``"PeftType.HORA"``); the dict is
+        for files and display (JSON, YAML front matter, ``str(d["peft_type"])``), where the plain name is wanted.
+        """
+        out = super().to_dict()
+        if isinstance(out.get("peft_type"), ExternalPeftType):
+            out["peft_type"] = out["peft_type"].value
+        return out
+
 
 @dataclass
 class HoraConfig(GeneratedFactorsConfig):
@@ -141,4 +154,4 @@ class HoraConfig(GeneratedFactorsConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.peft_type = "HORA"
+        self.peft_type = HORA  # an ExternalPeftType: the string "HORA" that reads like a PeftType member

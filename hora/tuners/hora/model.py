@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.utils import UPCAST_DTYPES
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -26,6 +28,9 @@ class GeneratedFactorsModel(BaseTuner):
     target_module_mapping = DEFAULT_TARGET_MODULES
     generator_attr = "hora_generator"
     layer_cls: type[GeneratedFactorsLayer] = HoraLinear
+    # the generators are adapter state outside the adapted modules, as VeRA's shared projections are: PEFT's
+    # `inject_adapter_in_model` (which returns the bare model and drops the tuner) must refuse, not lose them
+    uses_shared_state = True
 
     @property
     def generator_banks(self) -> nn.ModuleDict:
@@ -60,13 +65,16 @@ class GeneratedFactorsModel(BaseTuner):
             if adapter_name not in self.generator_banks:
                 self.generator_banks[adapter_name] = GeneratorBank(config.hyper_hidden, config.share_qv)
             generator = self.generator_banks[adapter_name].block(self._block_key(config, current_key))
+            weight = base.weight
             generator.add_projection(
                 projection,
                 in_features,
                 layout.head_dim,
                 generate_a=config.generate_a,
                 zero_b=config.init_weights in (True, "zero_b"),
-                device=base.weight.device,
+                device=weight.device,
+                # the base layer's dtype, as PEFT gives LoRA's weights (_move_adapter_to_device_of_base_layer)
+                dtype=weight.dtype if weight.dtype.is_floating_point else None,
             )
         if isinstance(base, Conv1D):
             config.fan_in_fan_out = True  # GPT-2's Conv1D stores (in, out); recorded as PEFT records it
@@ -78,7 +86,44 @@ class GeneratedFactorsModel(BaseTuner):
                 new_module.requires_grad_(False)
             self._replace_module(parent, target_name, new_module, target)
 
-    # generators live outside the layers, so the adapter bookkeeping must reach them too
+    # generators live outside the layers (and outside the wrapped model), so the adapter bookkeeping PEFT does on the
+    # layers and on the model must reach them too
+
+    def inject_adapter(self, model: nn.Module, adapter_name: str, *args: Any, **kwargs: Any) -> None:
+        """PEFT's injection, keeping the other adapters' generators as trainable (or frozen) as they were.
+
+        PEFT snapshots ``requires_grad`` of the wrapped model's existing parameters around an injection and restores
+        it afterwards, so that adding or loading adapter B leaves a frozen adapter A frozen. The generator banks live
+        on the tuner, outside that snapshot, and ``set_adapter`` (called during the injection with B's
+        ``inference_mode``) would otherwise switch the active adapter's generator on.
+        """
+        before = {
+            param: param.requires_grad
+            for name, bank in self.generator_banks.items()
+            if name != adapter_name
+            for param in bank.parameters()
+        }
+        try:
+            super().inject_adapter(model, adapter_name, *args, **kwargs)
+        finally:
+            for param, requires_grad in before.items():
+                param.requires_grad_(requires_grad)
+
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        """Cast an adapter's weights as PEFT casts LoRA's: half precision (and float8) up to float32.
+
+        PEFT's ``cast_adapter_dtype`` only visits the tuner layers; the generator bank lives on the tuner, so it gets
+        the same rule here. With ``autocast_adapter_dtype=False`` it keeps the base layer's dtype, like the seeds.
+        """
+        super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)
+        if not autocast_adapter_dtype or adapter_name not in self.generator_banks:
+            return
+        upcast = {torch.float16, torch.bfloat16}
+        upcast.update(dtype for name in UPCAST_DTYPES if isinstance(dtype := getattr(torch, name, None), torch.dtype))
+        for param in self.generator_banks[adapter_name].parameters():
+            if param.dtype in upcast:
+                param.data = param.data.to(torch.float32)  # in place: the layers hold the generator, not copies
+
     def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
         super().set_adapter(adapter_name, inference_mode=inference_mode)
         names = {adapter_name} if isinstance(adapter_name, str) else set(adapter_name)
