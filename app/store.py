@@ -1,13 +1,13 @@
 """The models the explorer can run: bases loaded once and shared, each with its adapters.
 
-Every adapter gets its own copy of its base (LoRA, HoRA, DoRA and DoRAN cannot share one PeftModel), so
-the variants of a base can run side by side. Tiny embedded models make that cheap. Adapters a user trains
-live in that user's session (``SessionModels``), never in the shared store.
+Every adapter gets its own module tree over its base (LoRA, HoRA, DoRA and DoRAN cannot share one PeftModel), so
+the variants of a base run side by side; the trees share the base's frozen weights (``hora.variants.shared_copy``),
+so a 135 M-parameter base is held once whatever the number of adapters. Adapters a user trains live in that user's
+session (``SessionModels``), never in the shared store.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 import tempfile
@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from torch import nn
+
+from hora.variants import shared_copy
 
 
 Kind = Literal["image", "lm"]
@@ -45,8 +47,8 @@ class Base:
     info: dict[str, Any] = field(default_factory=dict)  # what its card says: what it is, what it was trained on
 
     def fresh_copy(self) -> nn.Module:
-        """A private copy of the base weights, for a new adapter."""
-        return copy.deepcopy(self.model)
+        """A new module tree over the base's (shared, frozen) weights, for a new adapter."""
+        return shared_copy(self.model)
 
 
 class ModelStore:
@@ -57,10 +59,19 @@ class ModelStore:
         self._lock = threading.Lock()
 
     def add_base(
-        self, name: str, kind: Kind, model: nn.Module, processor: Any, source: str, location: str | None = None
+        self,
+        name: str,
+        kind: Kind,
+        model: nn.Module,
+        processor: Any,
+        source: str,
+        location: str | None = None,
+        runnable: bool = True,
     ) -> Base:
+        """Add a base; ``runnable=False`` for a backbone without a trained head (its probe is its reference)."""
         base = Base(name, kind, model.eval(), processor, source, location)
-        base.variants["base"] = Variant("base", "base", base.model, source)
+        if runnable:
+            base.variants["base"] = Variant("base", "base", base.model, source)
         with self._lock:
             self.bases[name] = base
         return base
@@ -134,22 +145,43 @@ def _asset_record(folder) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
+def _run_processor(folder) -> Any | None:
+    """The preprocessing an engine run trained with (``metrics.json``), as an image processor; None without one."""
+    from hora.task import Task, TaskImageProcessor
+
+    path = folder / "metrics.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text(encoding="utf-8"))
+    preprocessing = record.get("preprocessing") or {}
+    return TaskImageProcessor(Task.from_dict(preprocessing)) if preprocessing.get("kind") == "image" else None
+
+
 def embedded_store() -> ModelStore:
-    """Every embedded base of ``assets/`` with all its adapters, loaded once."""
+    """Every embedded base of ``assets/`` with all its adapters, loaded once; real (packaged) bases first."""
+    import torch
+
     import hora
     from hora import hub
     from hora.methods import label
+    from hora.packaged import PACKAGED
 
     store = ModelStore()
     assets = hub.embedded_assets()
-    for name in [n for n in assets if "/" not in n]:
-        loaded = hora.load_base(name)
-        base = store.add_base(name, loaded.kind, loaded.model, loaded.processor, f"embedded: {name}", name)
-        base.info = _asset_record(assets[name])
-        for adapter_name in [n for n in assets if n.startswith(f"{name}/")]:
+    names = sorted((n for n in assets if "/" not in n), key=lambda n: (n not in PACKAGED, n))
+    for name in names:
+        loaded = hora.load_base(name, dtype=torch.float32)  # float32: bf16 matmuls are slow on most CPUs
+        info = _asset_record(assets[name])
+        adapters = [n for n in assets if n.startswith(f"{name}/")]
+        processor = next((p for a in adapters if (p := _run_processor(assets[a])) is not None), loaded.processor)
+        runnable = info.get("reference") is None  # a bare backbone's reference is its linear probe
+        base = store.add_base(name, loaded.kind, loaded.model, processor, f"embedded: {name}", name, runnable)
+        base.info = info
+        for adapter_name in adapters:
             model = hora.load_adapter(base.fresh_copy(), adapter_name)
             method = adapter_name.split("/", 1)[1]
-            variant = Variant(label(method), method, model.eval(), f"embedded: {adapter_name}")
+            shown = "base (linear probe)" if method == info.get("reference") else label(method)
+            variant = Variant(shown, method, model.eval(), f"embedded: {adapter_name}")
             variant.info = _asset_record(assets[adapter_name])
             store.add_variant(name, variant)
     return store

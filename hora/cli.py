@@ -7,6 +7,7 @@
     python -m hora bench speed --base runs/vit --out runs/speed
     python -m hora bench cold-start --runs 3                       # the explorer, as a browser sees it
     python -m hora bench load --users 16 --seconds 120             # the explorer under concurrent users
+    python -m hora bench load --adversarial                        # ... and while one client floods fine-tunes
     python -m hora push runs/hora user/my-hora-adapter          # token from HF_TOKEN
     accelerate launch --num_processes 2 -m hora train ...      # data-parallel, no code change
 
@@ -117,8 +118,17 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="dataset: class-folder zip/folder, csv, jsonl or txt")
 
 
+class UsageError(ValueError):
+    """Options the parser refuses: reported like every other failure (one line, a JSON summary), not by exiting."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse would print the usage and exit without a JSON line
+        raise UsageError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m hora", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="python -m hora", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("demo", help="HoRA's and LoRA's parameter reports on a small ViT built from a config")
@@ -166,8 +176,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--runs", type=int, default=3)
     p = bench.add_parser("load", help="N concurrent gradio_client users against the explorer on 127.0.0.1")
-    p.add_argument("--users", type=int, default=16)
-    p.add_argument("--seconds", type=float, default=120.0)
+    p.add_argument("--users", type=int, default=None, help="default: 16 (--adversarial: 8 well-behaved users)")
+    p.add_argument("--seconds", type=float, default=None, help="default: 120 (--adversarial: 60 per phase)")
+    p.add_argument(
+        "--adversarial",
+        action="store_true",
+        help="the users classify and generate, alone and then while one client floods fine-tunes",
+    )
+    p.add_argument("--flood", type=int, default=80, help="--adversarial: fine-tunes the flooder keeps submitted")
+    p.add_argument("--flood-steps", type=int, default=60, help="--adversarial: steps of each flooded fine-tune")
     p.add_argument("--port", type=int, default=None, help="default: a free port")
     p.add_argument("--finetune-users", type=int, default=None, help="default: a quarter of the users")
     p.add_argument("--finetune-steps", type=int, default=5)
@@ -324,15 +341,14 @@ def cmd_bench(args: argparse.Namespace) -> dict:
     if args.bench == "load":
         from hora.bench import load
 
-        report = load.run(
-            args.users,
-            args.seconds,
-            args.port,
-            args.finetune_users,
-            args.finetune_steps,
-            args.max_requests,
-            args.timeout,
-        )
+        if args.adversarial:
+            users, seconds = args.users or 8, args.seconds or 60.0
+            report = load.run_adversarial(users, seconds, args.port, args.flood, args.flood_steps, args.timeout)
+        else:
+            users, seconds = args.users or 16, args.seconds or 120.0
+            report = load.run(
+                users, seconds, args.port, args.finetune_users, args.finetune_steps, args.max_requests, args.timeout
+            )
         print(load.table(report), file=sys.stderr)
         if report["server_log_tail"]:
             print("server log (tail):\n" + report["server_log_tail"], file=sys.stderr)
@@ -389,22 +405,48 @@ class BenchFailedError(Exception):
 COMMANDS = {"demo": cmd_demo, "train": cmd_train, "eval": cmd_eval, "bench": cmd_bench, "push": cmd_push}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run one command; print its JSON summary as the last line of stdout (main process only)."""
-    args = _parser().parse_args(argv)
-    world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    if world > 1:  # data-parallel processes on one machine share its cores
-        import torch
+def _failure(error: BaseException) -> tuple[str, int]:
+    """The one-line message and exit status of a failure: what went wrong, never a traceback.
 
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    2: the input was refused (``DataError``, ``HubError``, ``AdapterError``, bad options, a file that cannot be
+    read); 130: interrupted; 1: anything else, named by its type (a bug to report).
+    """
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted (Ctrl-C); nothing was saved from the step in progress", 130
+    if isinstance(error, MemoryError):
+        return "out of memory: use a smaller model, batch or dataset", 1
+    if isinstance(error, FileNotFoundError) and error.filename:
+        return f"{error.filename} does not exist", 2
+    if isinstance(error, (ValueError, OSError)):  # hora's refusals are ValueErrors; OSError: a file, the network
+        return str(error) or type(error).__name__, 2
+    if type(error).__name__ == "SafetensorError":  # safetensors' own error type is no ValueError
+        return f"a safetensors file is damaged or not a safetensors file ({error})", 2
+    return f"{type(error).__name__}: {error}", 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; print its JSON summary as the last line of stdout (main process only).
+
+    Every failure, whatever raised it, ends the same way: one ``error: ...`` line on stderr, a non-zero exit and
+    a JSON summary with ``"ok": false``.
+    """
+    command = None
     try:
+        args = _parser().parse_args(argv)
+        command = args.command
+        world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        if world > 1:  # data-parallel processes on one machine share its cores
+            import torch
+
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
         summary = {"ok": True, **COMMANDS[args.command](args)}
         status = 0
     except BenchFailedError as failure:
         summary, status = {"ok": False, **failure.report, "error": str(failure)}, 1
-    except (ValueError, FileNotFoundError) as error:  # DataError, HubError, bad settings: say what is wrong
-        print(f"error: {error}", file=sys.stderr)
-        summary, status = {"ok": False, "command": args.command, "error": str(error)}, 2
+    except (Exception, KeyboardInterrupt) as error:  # DataError, HubError, bad settings, damaged files, bugs
+        message, status = _failure(error)
+        print(f"error: {' '.join(message.split())}", file=sys.stderr)
+        summary = {"ok": False, "command": command, "error": message}
     if _is_main_process():
         print(json.dumps(summary, default=str), flush=True)
     return status

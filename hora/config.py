@@ -8,6 +8,20 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from hora.methods import METHODS, check_method
+from hora.validate import MAX_HYPER_HIDDEN, MAX_IMAGE_SIZE, MAX_NAMES, MAX_POSITIONS, MAX_RANK, is_plain_name
+
+
+# Upper bounds of the settings that size memory: the adapter bounds are hora.validate's, so that the engine never
+# trains what the loaders would refuse to load (``--rank 100000``).
+_BOUNDS = {
+    "r": MAX_RANK,
+    "hyper_hidden": MAX_HYPER_HIDDEN,
+    "context": MAX_POSITIONS,
+    "max_length": MAX_POSITIONS,
+    "batch_size": 65_536,
+    "eval_batch_size": 65_536,
+    "steps": 10_000_000,
+}
 
 
 def _help(text: str, **cli: Any) -> dict[str, Any]:
@@ -54,6 +68,13 @@ class TrainConfig:
     eval_batch_size: int = field(default=64, metadata=_help("examples per evaluation batch"))
     context: int = field(default=128, metadata=_help("language modelling: tokens per chunk"))
     max_length: int = field(default=128, metadata=_help("text classification: tokens kept per text"))
+    image_size: int | None = field(
+        default=None, metadata=_help("image classification: side of the square input (none: the base's own)")
+    )
+    keep_best: bool = field(
+        default=False,
+        metadata=_help("end with the weights of the best held-out evaluation, not the last (early stopping)"),
+    )
     r: int = field(default=8, metadata=_help("rank r of the low-rank update", flag="--rank"))
     lora_alpha: float | None = field(default=None, metadata=_help("scale alpha (default 2r)", flag="--alpha"))
     hyper_hidden: int = field(default=16, metadata=_help("HoRA / DoRAN generator width p (at least r)"))
@@ -75,12 +96,24 @@ class TrainConfig:
         self.method = check_method(self.method)
         for name in ("steps", "batch_size", "r", "context", "max_length", "eval_batch_size", "hyper_hidden"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-        for name in ("shots", "eval_every", "patience", "eval_per_class", "max_eval"):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= _BOUNDS[name]:
+                raise ValueError(f"`{name}` must be an integer between 1 and {_BOUNDS[name]:,}, got {value!r}.")
+        if self.lora_alpha is not None and not math.isfinite(self.lora_alpha):
+            raise ValueError(f"`lora_alpha` must be a finite number, got {self.lora_alpha}.")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"`dropout` must be in [0, 1), got {self.dropout}.")
+        targets = self.target_modules
+        if targets is not None and (len(targets) > MAX_NAMES or not all(is_plain_name(t) for t in targets)):
+            raise ValueError(
+                f"`target_modules` must be at most {MAX_NAMES} module names (letters, digits, '_', '-', '.'), "
+                f"got {targets!r:.200}."
+            )
+        for name in ("shots", "eval_every", "patience", "eval_per_class", "max_eval", "image_size"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise ValueError(f"`{name}` must be a positive integer or None, got {value!r}.")
+        if self.image_size is not None and self.image_size > MAX_IMAGE_SIZE:
+            raise ValueError(f"`image_size` must be at most {MAX_IMAGE_SIZE:,} pixels, got {self.image_size}.")
         if self.seed < 0:
             raise ValueError(f"`seed` must be a non-negative integer, got {self.seed}.")
         if not (self.lr > 0 and math.isfinite(self.lr)):

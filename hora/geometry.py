@@ -74,6 +74,7 @@ def _gpt2(cfg: Any) -> dict[str, HeadLayout]:
 #: model_type -> function(config) -> {module name: HeadLayout}
 HEAD_LAYOUTS: dict[str, Callable[[Any], dict[str, HeadLayout]]] = {
     "vit": _vit,
+    "dinov2": _vit,  # encoder.layer.N.attention.{q,k,v,o}_proj, as ViT's (DINOv2-small: 6 heads x 64)
     "gpt2": _gpt2,
     "llama": _llama_like,  # also SmolLM / SmolLM2, which use model_type "llama"
     "mistral": _llama_like,
@@ -84,6 +85,7 @@ HEAD_LAYOUTS: dict[str, Callable[[Any], dict[str, HeadLayout]]] = {
 #: model_type -> default target modules (query and value, as in the HoRA and DoRAN papers)
 DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
     "vit": ["q_proj", "v_proj"],
+    "dinov2": ["q_proj", "v_proj"],
     "gpt2": ["c_attn"],
     "llama": ["q_proj", "v_proj"],
     "mistral": ["q_proj", "v_proj"],

@@ -1,5 +1,9 @@
 """Inference helpers for side-by-side comparisons: top-k classes, sampled generation streamed token by
-token, the next-token distribution and the perplexity of a passage."""
+token, the next-token distribution and the perplexity of a passage.
+
+Work per request is bounded before tokenisation: a text is cut to ``CHARS_PER_TOKEN`` characters per token the
+caller will keep (its end for prompts, its start for passages), so an 8 MB paste costs what its kept part costs.
+"""
 
 from __future__ import annotations
 
@@ -42,8 +46,23 @@ def classify(model: nn.Module, processor, image: Image.Image, top_k: int = 5) ->
     return Prediction(labels, [float(p) for p in top.values], latency)
 
 
+CHARS_PER_TOKEN = 32
+"""Characters kept per token before tokenising: more than any tokenizer's token spans (a BPE token of runs of
+spaces or a long word stays far below), so cutting first never changes the tokens that are kept, only their count."""
+
+
+def cut_text(text: str, max_tokens: int | None, keep: str = "end") -> tuple[str, bool]:
+    """``text`` cut to ``CHARS_PER_TOKEN * max_tokens`` characters (its ``"end"`` or ``"start"``) before
+    tokenising; also whether it was cut. ``max_tokens=None``: unchanged."""
+    if max_tokens is None or len(text) <= CHARS_PER_TOKEN * max_tokens:
+        return text, False
+    limit = CHARS_PER_TOKEN * max_tokens
+    return (text[-limit:] if keep == "end" else text[:limit]), True
+
+
 def _encode(tokenizer, text: str, max_tokens: int | None = None) -> tuple[torch.Tensor, bool]:
     """Token ids (1, T) of ``text``, keeping the last ``max_tokens``; also whether it was truncated."""
+    text, cut = cut_text(text, max_tokens, keep="end")
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
     if ids.shape[1] == 0:  # an empty prompt starts from the start-of-text token (GPT-2 style models use EOS)
         start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
@@ -51,7 +70,7 @@ def _encode(tokenizer, text: str, max_tokens: int | None = None) -> tuple[torch.
             raise ValueError("The prompt is empty and the tokenizer has no BOS/EOS token to start from.")
         ids = torch.tensor([[start]])
     truncated = max_tokens is not None and ids.shape[1] > max_tokens
-    return (ids[:, -max_tokens:] if truncated else ids), truncated
+    return (ids[:, -max_tokens:] if truncated else ids), truncated or cut
 
 
 def context_length(model: nn.Module) -> int:
@@ -135,13 +154,15 @@ class Perplexity:
 def perplexity(model: nn.Module, tokenizer, text: str, max_tokens: int | None = None) -> Perplexity:
     """Perplexity of ``text`` under ``model``, over windows of the model's context (no overlap).
 
-    ``max_tokens`` caps the work on long pastes (the first tokens are scored and ``truncated`` says so).
+    ``max_tokens`` caps the work on long pastes (the first tokens are scored and ``truncated`` says so); the text
+    is cut by characters first (``cut_text``), so a huge paste is never tokenised whole.
     """
+    text, cut = cut_text(text, max_tokens, keep="start")
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
     if ids.numel() < 2:
         raise ValueError("The passage needs at least two tokens to score.")
-    truncated = max_tokens is not None and ids.numel() > max_tokens
-    if truncated:
+    truncated = cut or (max_tokens is not None and ids.numel() > max_tokens)
+    if max_tokens is not None:
         ids = ids[:max_tokens]
     window = context_length(model)
     total, count = 0.0, 0

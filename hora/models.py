@@ -6,10 +6,26 @@ needs, its output head, and a fresh head for a new label set.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 import peft
 from torch import nn
+
+from hora.validate import (
+    MAX_CHANNELS,
+    MAX_EXPERTS,
+    MAX_HEADS,
+    MAX_HIDDEN,
+    MAX_IMAGE_SIZE,
+    MAX_INTERMEDIATE,
+    MAX_LABELS,
+    MAX_LAYERS,
+    MAX_POSITIONS,
+    MAX_VOCAB,
+    AdapterError,
+    check_int,
+)
 
 
 BaseKind = Literal["image", "lm"]  # what a base model is
@@ -122,12 +138,134 @@ def fit_labels(model: nn.Module, id2label: dict[int, str] | None) -> bool:
     return True
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# How big a model a config describes, before anything is built
+
+
+class ModelTooLargeError(UnsupportedModelError):
+    """A config that declares a model larger than this server may build; the message gives both numbers."""
+
+
+# config field -> its bound (hora.validate's constants); nested configs (text_config, vision_config) are checked too
+_SIZE_FIELDS = {
+    **dict.fromkeys(("hidden_size", "n_embd", "d_model", "embed_dim", "head_dim", "dim"), MAX_HIDDEN),
+    **dict.fromkeys(("intermediate_size", "n_inner", "ffn_dim", "moe_intermediate_size"), MAX_INTERMEDIATE),
+    **dict.fromkeys(("num_hidden_layers", "n_layer", "num_layers", "n_layers"), MAX_LAYERS),
+    **dict.fromkeys(("num_attention_heads", "n_head", "num_key_value_heads", "num_heads"), MAX_HEADS),
+    **dict.fromkeys(("num_experts", "num_local_experts", "n_routed_experts"), MAX_EXPERTS),
+    **dict.fromkeys(("max_position_embeddings", "n_positions", "n_ctx"), MAX_POSITIONS),
+    "vocab_size": MAX_VOCAB,
+    "num_labels": MAX_LABELS,
+    "image_size": MAX_IMAGE_SIZE,
+    "patch_size": MAX_IMAGE_SIZE,
+    "num_channels": MAX_CHANNELS,
+}
+_AT_LEAST_ONE = ("patch_size", "num_attention_heads", "n_head", "hidden_size", "n_embd")
+WEIGHTS_SHARE = 0.5  # stored weights below this share of the parameters: the rest would be random
+
+
+def check_config_sizes(config: dict, where: str = "config.json") -> None:
+    """Refuse a model config whose sizes are out of bounds (``hora.validate``'s ``MAX_*``) before it is parsed
+    into a model: layers, widths, heads, vocabulary, positions, labels, image size."""
+
+    def visit(values: dict, prefix: str) -> None:
+        for key, value in values.items():
+            if isinstance(value, dict) and key not in ("id2label", "label2id"):
+                visit(value, f"{prefix}{key}.")
+            elif key in _SIZE_FIELDS and value is not None:
+                low = 1 if key in _AT_LEAST_ONE else 0
+                for item in value if isinstance(value, list) and len(value) <= 4 else [value]:  # [16, 16] too
+                    check_int(item, prefix + key, low, _SIZE_FIELDS[key], where)
+        labels = values.get("id2label")
+        if labels is not None and (not isinstance(labels, dict) or len(labels) > MAX_LABELS):
+            raise AdapterError(f"{where}: id2label must map at most {MAX_LABELS:,} class indices to names.")
+
+    visit(config, "")
+
+
+def parameter_count(config: Any, task: TaskKind) -> int:
+    """Parameters of the model ``config`` describes for ``task``, counted on the meta device (nothing allocated).
+
+    Tied weights count once, as in ``model.parameters()``. Check ``check_config_sizes`` first: building even on
+    the meta device costs time and Python objects per layer.
+    """
+    import torch
+
+    with torch.device("meta"):
+        model = model_class(task, config).from_config(config, trust_remote_code=False)
+    return sum(p.numel() for p in model.parameters())
+
+
+def memory_bytes() -> int:
+    """The memory this process may use: the machine's, or its container's limit (cgroup v2 or v1) when lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 16 * 2**30
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = open(limit_file).read().strip()  # noqa: SIM115 - a one-line read
+        except OSError:
+            continue
+        if text.isdigit() and 0 < int(text) < total:
+            total = int(text)
+    return total
+
+
+def _count(text: str) -> int:
+    """``"200000000"``, ``"2e8"``, ``"200M"`` or ``"1.5B"`` as a number of parameters."""
+    text = text.strip().upper().replace("_", "")
+    scale = {"K": 10**3, "M": 10**6, "G": 10**9, "B": 10**9}.get(text[-1:], 1)
+    return int(float(text[:-1] if scale > 1 else text) * scale)
+
+
+def max_base_params() -> int:
+    """The largest base (parameters) this process builds: ``HORA_MAX_BASE_PARAMS``, else what its memory holds
+    twice over in float32 (``memory_bytes() / (2 × 4 bytes)``: the model and as much again for a copy, an adapter
+    or activations)."""
+    override = os.environ.get("HORA_MAX_BASE_PARAMS", "").strip()
+    if override:
+        try:
+            value = _count(override)
+        except ValueError as err:
+            raise ValueError(
+                f"HORA_MAX_BASE_PARAMS={override!r} is not a number of parameters (e.g. 2e8, 200M)."
+            ) from err
+        if value > 0:
+            return value
+    return memory_bytes() // 8
+
+
+def check_model_size(count: int, where: str, limit: int | None = None) -> None:
+    """Refuse a model of ``count`` parameters above ``limit`` (default ``max_base_params()``), giving both."""
+    limit = max_base_params() if limit is None else limit
+    if count > limit:
+        raise ModelTooLargeError(
+            f"{where} describes a model of {count:,} parameters; this server builds at most {limit:,} "
+            "(HORA_MAX_BASE_PARAMS, by default what its memory holds twice over in float32). Pick a smaller model."
+        )
+
+
+def check_weights_cover(stored: int, count: int, where: str) -> None:
+    """Refuse a folder whose safetensors hold far fewer values than its config's model has parameters: the missing
+    weights would be initialised at random, so the model would be noise (a 76-byte weights file, say)."""
+    if stored < WEIGHTS_SHARE * count:
+        raise UnsupportedModelError(
+            f"{where}: its safetensors weights hold {stored:,} values but its config.json describes a model of "
+            f"{count:,} parameters; the missing weights would be random. Upload the complete weights."
+        )
+
+
 __all__ = [
     "VISION_MODEL_TYPES",
     "BaseKind",
+    "ModelTooLargeError",
     "TaskKind",
     "UnsupportedModelError",
     "base_kind",
+    "check_config_sizes",
+    "check_model_size",
+    "check_weights_cover",
+    "max_base_params",
+    "memory_bytes",
+    "parameter_count",
     "fit_labels",
     "head_modules",
     "labels_of",

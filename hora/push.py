@@ -9,15 +9,18 @@ and is never printed, logged or stored.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from hora import cards
+from hora.hub import redact
 from hora.io import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CARD, HEAD_CONFIG, HEAD_WEIGHTS, METRICS
 from hora.validate import PICKLE_SUFFIXES, read_adapter_config
 
 
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 UPLOADED = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, CARD, METRICS, HEAD_CONFIG, HEAD_WEIGHTS)
 
 
@@ -48,18 +51,18 @@ def _minimal_card(config: dict, repo_id: str) -> str:
 def push_plan(adapter_dir: str | os.PathLike, repo_id: str) -> PushPlan:
     """What pushing ``adapter_dir`` to ``repo_id`` would upload; refuses folders that are not safe adapters."""
     folder = Path(adapter_dir)
-    if "/" not in repo_id or repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise PushError(f"{repo_id!r} is not a Hub repo id: use 'user-or-org/name'.")
+    if not isinstance(repo_id, str) or not _REPO_ID.match(repo_id):
+        raise PushError(f"{str(repo_id)[:100]!r} is not a Hub repo id: use 'user-or-org/name'.")
     if (folder / HEAD_CONFIG).is_file():  # a head-only run: no PEFT adapter, a head tensor file
         config = {"peft_type": "head-only"}
     else:
         try:
-            config = read_adapter_config(folder)
+            config = read_adapter_config(folder, trusted=True)  # the caller's own folder: its patterns are its own
         except ValueError as err:
-            raise PushError(f"Cannot push {folder}: {err}") from err
+            raise PushError(f"Cannot push {folder.name}: {err}") from err
     pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
-        raise PushError(f"{folder} holds pickled files ({', '.join(pickles)}); hora pushes safetensors only.")
+        raise PushError(f"{folder.name} holds pickled files ({', '.join(pickles)}); hora pushes safetensors only.")
     files = [name for name in UPLOADED if (folder / name).is_file()]
     card_path = folder / CARD
     card = card_path.read_text(encoding="utf-8") if card_path.is_file() else _minimal_card(config, repo_id)
@@ -110,8 +113,12 @@ def push(
             api.upload_file(path_or_fileobj=plan.card.encode(), path_in_repo=CARD, repo_id=repo_id)
     except OfflineModeIsEnabled as err:
         raise PushError("HF_HUB_OFFLINE is set: unset it to push to the Hub.") from err
-    except (HfHubHTTPError, OSError) as err:  # the message never contains the token
+    except (HfHubHTTPError, OSError) as err:  # the message never contains the token nor a server path
+        detail = redact(str(err).replace(token, "***"), plan.folder)[:300]
+        raise PushError(f"Pushing to {repo_id} failed: {type(err).__name__}: {detail}") from err
+    except Exception as err:  # httpx's network errors are no OSError: the Hub could not be reached at all
         raise PushError(
-            f"Pushing to {repo_id} failed: {type(err).__name__}: {str(err).replace(token, '***')}"
+            f"Could not reach the Hugging Face Hub to push to {repo_id} ({type(err).__name__}); check the network "
+            "connection (and HF_ENDPOINT), then try again."
         ) from err
     return f"https://huggingface.co/{repo_id}"

@@ -12,6 +12,7 @@ held out whole and cut into chunks of ``context`` tokens). A ``Task`` is recorde
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -90,6 +91,22 @@ class Task:
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"], "labels": labels}
 
 
+class TaskImageProcessor:
+    """An image processor that prepares pixels exactly as a run of the engine did (``Task.encode``): square resize
+    to the task's size, then its mean and std; called like a transformers image processor."""
+
+    def __init__(self, task: Task) -> None:
+        if task.kind != "image":
+            raise ValueError(f"A {task.kind!r} task has no image preprocessing.")
+        self.task = task
+
+    def __call__(self, images: Any, return_tensors: str = "pt", **_: Any) -> dict[str, torch.Tensor]:
+        from hora.data import image_batch
+
+        images = images if isinstance(images, (list, tuple)) else [images]
+        return {"pixel_values": image_batch(list(images), self.task.image_size, self.task.mean, self.task.std)}
+
+
 def data_kind(data: Any) -> TaskKind:
     """The task of a loaded dataset (``hora.data``'s classes, or anything with the same fields)."""
     if hasattr(data, "images") and hasattr(data, "labels"):
@@ -130,16 +147,18 @@ def build_task(
     max_length: int = 128,
     context: int = 128,
     eval_fraction: float = 0.1,
+    image_size: int | None = None,
 ) -> Task:
     """Preprocessing of ``base`` for its task: image size and normalisation, or the tokenizer and lengths.
 
-    ``base.task`` says which task; the LM context is capped by the model's own maximum length.
+    ``base.task`` says which task; ``image_size`` replaces the base's own input size (a ViT or DINOv2 interpolates
+    its position embeddings); the LM context is capped by the model's own maximum length.
     """
     id2label = dict(enumerate(classes)) if classes is not None else None
     config = base.model.config
     if base.task == "image":
         size, mean, std = image_preprocessing(base.path, config)
-        return Task("image", id2label, size, mean, std)
+        return Task("image", id2label, image_size or size, mean, std)
     if base.task == "text":
         return Task("text", id2label, max_length=max_length, tokenizer=base.processor)
     limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
@@ -225,7 +244,7 @@ def make_split(
         per_class = eval_per_class
         if per_class is None and max_eval is not None:
             per_class = max(1, max_eval // len(task.id2label))
-        split = few_shot_split(data.labels, shots, seed, eval_per_class=per_class)
+        split = few_shot_split(data.labels, shots, seed, eval_per_class=per_class, max_eval=max_eval)
         return Split(data, list(split.train), data, list(split.eval), split.to_dict())
     documents = lm_documents(data)
     train_docs, eval_docs = lm_held_out(len(documents), task.eval_fraction)
@@ -258,8 +277,21 @@ def compute_loss(task: Task, model: nn.Module, batch: dict[str, torch.Tensor]) -
         ids = batch["input_ids"]  # (B, T)
         logits = model(input_ids=ids).logits  # (B, T, V)
         return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten()), logits
-    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits  # (B, C)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    if "pixel_values" in inputs and _needs_interpolation(model, inputs["pixel_values"]):
+        inputs["interpolate_pos_encoding"] = True  # ViT at another input size than its config's
+    logits = model(**inputs).logits  # (B, C)
     return F.cross_entropy(logits.float(), batch["labels"]), logits
+
+
+def _needs_interpolation(model: nn.Module, pixels: torch.Tensor) -> bool:
+    """Whether the model must be told to interpolate its position embeddings for inputs of this size (ViT must;
+    DINOv2 always does)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    size = getattr(getattr(base, "config", None), "image_size", None)
+    if size is None or tuple(pixels.shape[-2:]) == (size, size):
+        return False
+    return "interpolate_pos_encoding" in inspect.signature(base.forward).parameters
 
 
 @torch.no_grad()
@@ -325,6 +357,7 @@ __all__ = [
     "LM_SPLIT_SEED",
     "Split",
     "Task",
+    "TaskImageProcessor",
     "build_task",
     "compute_loss",
     "data_kind",

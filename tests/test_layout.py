@@ -28,6 +28,7 @@ LAYERS = {
         "hora.hub",
         "hora.packaged",
         "hora.loaders",
+        "hora.variants",
         "hora.infer",
         "hora.methods",
         "hora.push",

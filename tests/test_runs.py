@@ -175,3 +175,12 @@ def test_the_card_is_yaml_whatever_the_names_say(tmp_path):
         "loss": 1.5,
         "perplexity": 4.48,
     }
+
+
+def test_a_named_dataset_leaves_no_path_of_this_machine_in_the_record(image_setup, tmp_path):
+    base, data = image_setup
+    result = train(base, data, TrainConfig(method="head", **{**FAST, "steps": 1}), data_source="my-upload.zip")
+    assert result.metrics["data"]["path"] is None and result.metrics["data"]["source"] == "my-upload.zip"
+    assert str(data) not in json.dumps(result.metrics)
+    named_by_path = train(base, data, TrainConfig(method="head", **{**FAST, "steps": 1}))
+    assert named_by_path.metrics["data"]["path"] == str(data.resolve())  # the CLI's eval recognises its data by it

@@ -108,3 +108,12 @@ def test_lm_evaluation_reports_perplexity(bases):
     assert not gpt2.model.training  # evaluation leaves the mode as it found it
     batch = task.encode(torch.arange(32).view(2, 16), [1])
     assert batch["input_ids"].tolist() == [list(range(16, 32))]
+
+
+def test_the_evaluation_cap_holds_with_thousands_of_classes():
+    from types import SimpleNamespace
+
+    data = SimpleNamespace(labels=[c for c in range(3000) for _ in range(3)])
+    task = Task("image", {c: str(c) for c in range(3000)})
+    split = make_split(data, task, shots=1, seed=0, max_eval=100)
+    assert len(split.eval) == 100 and len(split.train) == 3000

@@ -213,3 +213,23 @@ def test_clear_errors(image_setup, tmp_path):
         train(base, load_data(data), TrainConfig(method="lora", task="lm", **FAST))
     with pytest.raises(ValueError, match="not a .txt file"):  # hora.data's DataError, a ValueError
         train(base, data, TrainConfig(method="lora", task="lm", **FAST))
+
+
+def test_keep_best_ends_with_the_best_evaluations_weights(image_setup, tmp_path):
+    base, data = image_setup
+    # a learning rate that wrecks the model after its first steps: the best evaluation is an early one
+    config = TrainConfig(method="lora", **{**FAST, "lr": 0.5, "eval_every": 2, "steps": 10}, keep_best=True)
+    result = train(base, data, config, out_dir=tmp_path / "best")
+    best = result.best
+    assert best["step"] < 10, "the test needs a run whose best evaluation is not its last"
+    assert result.metrics["kept_step"] == best["step"] and result.final == {k: best[k] for k in ("accuracy", "loss")}
+    model, task, run = load_run(base, tmp_path / "best")
+    assert evaluate(model, load_data(data), task, indices=run["split"]["eval"]) == pytest.approx(result.final)
+    plain = train(base, data, TrainConfig(method="lora", **{**FAST, "lr": 0.5, "eval_every": 2, "steps": 10}))
+    assert plain.metrics["kept_step"] == 10 and plain.final["accuracy"] <= result.final["accuracy"]
+
+
+def test_image_size_overrides_the_bases(image_setup):
+    base, data = image_setup
+    result = train(base, data, TrainConfig(method="head", **{**FAST, "steps": 2}, image_size=8))
+    assert result.task.image_size == 8 and result.metrics["preprocessing"]["image_size"] == 8

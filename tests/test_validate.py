@@ -7,8 +7,8 @@ import json
 import peft
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 from helpers import tiny_gpt2, tiny_llama, tiny_vit
+from safetensors.torch import load_file, save_file
 
 import hora
 from hora.validate import AdapterError, check_adapter

@@ -17,11 +17,20 @@ def main(argv: list[str] | None = None) -> int:
     build = commands.add_parser("build", help="rebuild every embedded base model and adapter from the data packages")
     build.add_argument("--out", type=Path, default=Path("assets"), help="output folder (default: assets)")
     build.add_argument("--quick", action="store_true", help="a smoke build of a few steps (not the real assets)")
+    build.add_argument(
+        "--bases",
+        default=None,
+        help="comma-separated asset families to rebuild (default: all): vit-digits, lm-shakespeare, "
+        "smollm2-135m-instruct, dinov2-small; the others are kept",
+    )
     bench = commands.add_parser("bench", help="sample-efficiency benchmark of the methods on the embedded bases")
     bench.add_argument("--out", type=Path, default=Path("assets"), help="assets folder (writes <out>/bench)")
     bench.add_argument("--quick", action="store_true", help="two seeds, few steps (a smoke run)")
     bench.add_argument(
-        "--base", default="vit-digits", choices=["vit-digits", "lm-shakespeare"], help="the embedded base to run it on"
+        "--base",
+        default="vit-digits",
+        choices=["vit-digits", "lm-shakespeare", "smollm2-135m-instruct", "dinov2-small"],
+        help="the embedded base to run it on",
     )
     shots = commands.add_parser(
         "screenshots", help="copy the browser tests' screenshots of the app into <out>/screenshots (for the README)"
@@ -36,16 +45,21 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "build":
-            from hora.assets.build import Settings
+            from hora.assets.build import BASES, Settings
             from hora.assets.build import build as run_build
 
-            run_build(
-                args.out, settings=Settings.smoke() if args.quick else Settings(), log=lambda m: print(m, flush=True)
-            )
+            bases = tuple(b.strip() for b in args.bases.split(",") if b.strip()) if args.bases else BASES
+            settings = Settings.smoke() if args.quick else Settings()
+            run_build(args.out, settings=settings, bases=bases, log=lambda m: print(m, flush=True))
         else:
-            from hora.assets.bench import run_bench
+            from hora.assets.real_bench import SETUPS, run_real_bench
 
-            run_bench(args.out, base=args.base, quick=args.quick, log=lambda m: print(m, flush=True))
+            if args.base in SETUPS:
+                run_real_bench(args.out, args.base, quick=args.quick, log=lambda m: print(m, flush=True))
+            else:
+                from hora.assets.bench import run_bench
+
+                run_bench(args.out, base=args.base, quick=args.quick, log=lambda m: print(m, flush=True))
     except ModuleNotFoundError as error:
         if error.name not in BUILDER_ONLY:
             raise

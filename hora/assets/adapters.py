@@ -186,3 +186,14 @@ def run_adapter(
         f"{base_name}/{method}: held-out {headline:.4f}, {info['trainable_parameters']:,} trainable, {info['training']['seconds']:.0f}s"
     )
     return info
+
+
+def to_bf16(folder: Path) -> None:
+    """Store the adapter's weights in bfloat16: half the bytes in the repository; PEFT loads them back to float32."""
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "adapter_model.safetensors"
+    if not path.is_file():  # a head-only run: a few thousand numbers, kept as they are
+        return
+    tensors = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in load_file(path).items()}
+    save_file({k: v.contiguous() for k, v in tensors.items()}, path, metadata={"format": "pt"})

@@ -8,6 +8,7 @@ replaces ``--out`` only when the whole build succeeded (``hora.io.atomic_dir``).
 
 from __future__ import annotations
 
+import importlib
 import os
 import platform
 import shutil
@@ -46,12 +47,18 @@ class Settings:
     vision: adapter_stage.Recipe = field(default_factory=lambda: adapter_stage.VISION_RECIPE)
     lm: adapter_stage.Recipe = field(default_factory=lambda: adapter_stage.LM_RECIPE)
     quick: bool = False
+    real_lm_steps: int = 40  # the real bases' adapters (hora.assets.smollm, hora.assets.dino)
+    real_vision_steps: int = 60
 
     @classmethod
     def smoke(cls) -> Settings:
-        return cls(
-            2, 3, adapter_stage.quick(adapter_stage.VISION_RECIPE), adapter_stage.quick(adapter_stage.LM_RECIPE), True
-        )
+        vision, lm = adapter_stage.quick(adapter_stage.VISION_RECIPE), adapter_stage.quick(adapter_stage.LM_RECIPE)
+        return cls(2, 3, vision, lm, True, real_lm_steps=2, real_vision_steps=2)
+
+
+TINY = (VISION_BASE, LM_BASE)  # trained from scratch by the builder; rebuilt together with the shared folders
+REAL = {"smollm2-135m-instruct": "hora.assets.smollm:build_smollm", "dinov2-small": "hora.assets.dino:build_dino"}
+BASES = (*TINY, *REAL)
 
 
 def _log_to(log: Callable[[str], None]) -> Callable[[str], None]:
@@ -60,25 +67,56 @@ def _log_to(log: Callable[[str], None]) -> Callable[[str], None]:
 
 
 def build(
-    out: str | os.PathLike = "assets", *, settings: Settings | None = None, log: Callable[[str], None] = print
+    out: str | os.PathLike = "assets",
+    *,
+    settings: Settings | None = None,
+    bases: tuple[str, ...] = BASES,
+    log: Callable[[str], None] = print,
 ) -> dict:
-    """Rebuild every embedded asset into ``out``; returns the manifest."""
+    """Rebuild the embedded assets of ``bases`` in ``out``; returns the manifest.
+
+    The tiny bases are trained from scratch and rebuilt together (with the shared ``eval/``, ``examples/`` and
+    ``samples/`` folders), the whole tree replaced in one rename; a real base's folder is replaced on its own. What
+    is not rebuilt is kept as it was.
+    """
+    unknown = sorted(set(bases) - set(BASES))
+    if unknown:
+        raise ValueError(f"No asset family {unknown}; choose among {', '.join(BASES)}.")
     settings = settings or Settings()
     log = _log_to(log)
     _quiet()
     out = Path(out)
     started = time.perf_counter()
+    if any(b in TINY for b in bases):
+        _build_tiny(out, settings, log)
+    for name in (b for b in bases if b in REAL):
+        module, function = REAL[name].split(":")
+        stage = getattr(importlib.import_module(module), function)
+        with atomic_dir(out / name) as folder:
+            stage(folder, settings, log)
+    wall = time.perf_counter() - started
+    facts = {f"build_{name}": build_facts(wall, settings, (name,)) for name in bases if name in REAL}
+    if (out / cards.MANIFEST).is_file():
+        manifest = cards.refresh_manifest(out, **facts)
+    else:
+        manifest = cards.write_manifest(out, facts)
+    log(f"assets: {len(manifest['files'])} files, {mb(manifest['total_bytes'])}, built in {wall / 60:.1f} min")
+    return manifest
+
+
+def _build_tiny(out: Path, settings: Settings, log: Callable[[str], None]) -> None:
+    """The two tiny bases, their adapters and the shared folders; everything else in ``out`` is carried over."""
+    started = time.perf_counter()
     with atomic_dir(out) as tmp:
         results = {"vision": build_vision(tmp, settings, log), "language": build_language(tmp, settings, log)}
-        for name in KEEP:
-            if (out / name).is_dir():
-                shutil.copytree(out / name, tmp / name)
-                log(f"kept {out / name} from an earlier run (refresh it with `python -m hora.assets bench`)")
-        wall = time.perf_counter() - started
-        write_index(tmp, results, wall, settings)
-        manifest = cards.write_manifest(tmp, build_facts(wall, settings))
-        log(f"assets: {len(manifest['files'])} files, {mb(manifest['total_bytes'])}, built in {wall / 60:.1f} min")
-    return manifest
+        kept = [p for p in out.iterdir() if p.name in (*KEEP, *REAL)] if out.is_dir() else []
+        for folder in kept:
+            shutil.copytree(folder, tmp / folder.name)
+            log(f"kept {folder} from an earlier run")
+        if (out / cards.MANIFEST).is_file():
+            shutil.copy(out / cards.MANIFEST, tmp / cards.MANIFEST)
+        write_index(tmp, results, time.perf_counter() - started, settings)
+        cards.write_manifest(tmp, build_facts(time.perf_counter() - started, settings, TINY))
 
 
 def _quiet() -> None:
@@ -92,12 +130,12 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
-def build_facts(wall_seconds: float, settings: Settings) -> dict[str, Any]:
+def build_facts(wall_seconds: float, settings: Settings, bases: tuple[str, ...] = BASES) -> dict[str, Any]:
     import peft
     import transformers
 
     return {
-        "builder": "python -m hora.assets build" + (" --quick" if settings.quick else ""),
+        "builder": f"python -m hora.assets build --bases {','.join(bases)}" + (" --quick" if settings.quick else ""),
         "quick": settings.quick,
         "build_seconds": round(wall_seconds, 1),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}",

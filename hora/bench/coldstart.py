@@ -37,12 +37,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def cold_start(timeout: float = 120.0) -> dict[str, float]:
-    """One cold start: seconds to HTTP ready and to a usable page."""
+def cold_start(timeout: float = 600.0, cache: str | None = None) -> dict[str, float]:
+    """One cold start: seconds to HTTP ready and to a usable page, and the server's resident memory at rest then.
+
+    ``cache`` sets ``HORA_CACHE`` for the app (an empty folder: the first-ever start, packaged bases converted).
+    """
     from playwright.sync_api import sync_playwright
+
+    from hora.bench.load import rss
 
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    if cache is not None:
+        env["HORA_CACHE"] = cache
     start = time.perf_counter()
     server = subprocess.Popen(
         [sys.executable, "-m", "app", "--port", str(port)],
@@ -70,24 +77,36 @@ def cold_start(timeout: float = 120.0) -> dict[str, float]:
             page.locator("#classify-btn").wait_for(state="visible", timeout=timeout * 1000)
             usable = time.perf_counter() - start
             browser.close()
-        return {"http_ready_s": http_ready, "page_usable_s": usable}
+        time.sleep(2)  # at rest: the page has loaded, nothing runs
+        return {"http_ready_s": http_ready, "page_usable_s": usable, "rss_at_rest_mib": rss(server.pid) / 2**20}
     finally:
         server.terminate()
         server.wait(timeout=30)
 
 
-def run(runs: int = 3, log=print) -> dict:
-    """``runs`` cold starts; their medians and the machine."""
-    results = []
+def run(runs: int = 3, first: bool = False, log=print) -> dict:
+    """``runs`` cold starts with the cache as it is (warm); their medians and the machine. ``first`` also times a
+    first-ever start, with an empty cache: the packaged bases are converted then."""
+    import tempfile
+
+    results, first_start = [], None
+    if first:
+        with tempfile.TemporaryDirectory(prefix="hora-cache-") as cache:
+            first_start = cold_start(cache=cache)
+        log(f"first-ever start (conversion included): page usable {first_start['page_usable_s']:.1f} s")
     for i in range(runs):
         results.append(cold_start())
+        r = results[-1]
         log(
-            f"run {i + 1}: HTTP ready {results[-1]['http_ready_s']:.2f} s, page usable {results[-1]['page_usable_s']:.2f} s"
+            f"run {i + 1}: HTTP ready {r['http_ready_s']:.2f} s, page usable {r['page_usable_s']:.2f} s, "
+            f"{r['rss_at_rest_mib']:.0f} MiB resident"
         )
     return {
         "runs": results,
+        "first_start": first_start,
         "median_http_ready_s": statistics.median(r["http_ready_s"] for r in results),
         "median_page_usable_s": statistics.median(r["page_usable_s"] for r in results),
+        "median_rss_at_rest_mib": statistics.median(r["rss_at_rest_mib"] for r in results),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
     }
 

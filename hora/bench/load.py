@@ -1,16 +1,17 @@
-"""Load test of the explorer: ``python -m hora bench load [--users 16] [--seconds 120] [--port P]``.
+"""Load test of the explorer: ``python -m hora bench load [--users 16] [--seconds 120] [--adversarial]``.
 
-Starts ``python -m app`` on 127.0.0.1 in a subprocess, then runs N concurrent gradio_client users (one thread
-and one Client each) for a bounded time. Each user loops over a mix: classify a bundled held-out digit, generate a
-few tokens, next-token distribution, passage perplexity, the Heads view of a layer and projection; a few users also
-run short fine-tunes on a bundled sample. It records per-endpoint counts, failures (an exception or a wrong-looking
-result), latency p50 / p95 / max and the server's RSS (with its children; sampled every 0.5 s), prints a table and,
-as the last line, a JSON summary. Exit code 1 if any request failed. Every request goes to 127.0.0.1. The users are
-``gradio_client`` clients (a dev requirement): the app is driven from outside; hora itself never imports gradio.
+Starts ``python -m app`` on 127.0.0.1 in a subprocess and runs N concurrent gradio_client users (a thread and a
+Client each) for a bounded time, looping over classify, generate, next-token, perplexity and Heads (a few also
+fine-tune). It prints per-endpoint counts, failures (an exception or a wrong-looking result), latency p50 / p95 / max
+and the server's RSS (with its children, every 0.5 s), then a JSON summary; exit code 1 if a request failed.
+``run_adversarial`` (``--adversarial``): well-behaved users who classify and generate, alone, then while one client
+floods fine-tunes (``flood`` kept submitted without waiting, at most ``FLOOD_RATE`` a second); per phase what they
+got (served, failures, p50 / p95), the p95 ratio, what became of the flood, the server's peak memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -23,6 +24,8 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,9 +52,7 @@ class Record:
 
 
 @dataclass
-class Plan:
-    """What the users send, discovered from the running app's API and the bundled assets."""
-
+class Plan:  # what the users send, discovered from the running app's API and the bundled assets
     image_base: str
     lm_base: str
     examples: list[str]  # held-out digit PNGs
@@ -59,20 +60,15 @@ class Plan:
     finetune_sample: str  # a bundled sample of the Fine-tune tab
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# The server and its memory
+# --- The server and its memory -----------------------------------------------------------------------------------
 
 
 def start_app(port: int, log: Path, timeout: float = 180.0) -> subprocess.Popen:
     """``python -m app`` on 127.0.0.1:``port``, returned once it answers HTTP (its output goes to ``log``)."""
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
-        server = subprocess.Popen(
-            [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        command = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port)]
+        server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     start = time.monotonic()
     while True:
         if server.poll() is not None:
@@ -104,15 +100,14 @@ def rss(pid: int) -> int:
     """Resident memory of ``pid`` and all its children, in bytes (0 once it is gone)."""
     try:
         process = psutil.Process(pid)
-        total = process.memory_info().rss
-        for child in process.children(recursive=True):
-            try:
-                total += child.memory_info().rss
-            except psutil.Error:  # a child that just exited
-                pass
-        return total
+        processes = [process, *process.children(recursive=True)]
     except psutil.Error:
         return 0
+    total = 0
+    for each in processes:
+        with contextlib.suppress(psutil.Error):  # a child that just exited
+            total += each.memory_info().rss
+    return total
 
 
 class RssSampler(threading.Thread):
@@ -130,12 +125,10 @@ class RssSampler(threading.Thread):
     def stop(self) -> int:
         self._stop_event.set()
         self.join()
-        self.peak = max(self.peak, rss(self.pid))
-        return self.peak
+        return max(self.peak, rss(self.pid))
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# The users
+# --- The users ---------------------------------------------------------------------------------------------------
 
 
 def discover(client, assets: Path) -> Plan:
@@ -148,40 +141,32 @@ def discover(client, assets: Path) -> Plan:
     image_base = parameter("/classify", "base_name")["parameter_default"]
     lm_base = parameter("/generate", "base_name")["parameter_default"]
     examples = sorted(str(p) for p in (assets / "examples").glob("*.png"))
-    if not (image_base and lm_base and examples):
-        raise SystemExit(f"The app needs an image base, a language base and example PNGs under {assets / 'examples'}.")
     text_samples = sorted(p.name for p in (assets / "samples").glob("*.txt"))  # the Fine-tune tab's bundled samples
-    if not text_samples:
-        raise SystemExit(f"No bundled text sample to fine-tune on under {assets / 'samples'}.")
+    if not (image_base and lm_base and examples and text_samples):
+        raise SystemExit(f"The app needs an image and a language base, example PNGs and text samples under {assets}.")
     return Plan(image_base, lm_base, examples, lm_base, text_samples[0])
 
 
-def _choices(update: dict) -> list:
+def _choices(update: dict | tuple) -> list:
+    """The choices of a dropdown update (the first output that has them, for an event with several outputs)."""
+    update = next(u for u in update if isinstance(u, dict) and "choices" in u) if isinstance(update, tuple) else update
     return [c[1] if isinstance(c, (list, tuple)) else c for c in update["choices"]]
-
-
-def _rows(table: dict) -> list[list]:
-    return table["data"]
 
 
 def _checks(names: list[str]) -> dict:
     """Per endpoint: result -> None if it looks right, else what is wrong (an error result counts as a failure)."""
     n = len(names)
 
-    def classify(out):
-        return None if len(_rows(out[1])) == n else f"{len(_rows(out[1]))} rows for {n} models"
-
-    def generate(out):
-        return None if out[0].count('class="gen-col"') == n else "not one column per model"
-
-    def next_tokens(out):
-        return None if len(json.loads(out["plot"])["data"]) == n else "not one distribution per model"
-
     def perplexity(out):
-        values = [row[1] for row in _rows(out[0])]
+        values = [row[1] for row in out[0]["data"]]
         return None if len(values) == n and all(math.isfinite(v) and v > 0 for v in values) else f"bad {values}"
 
-    return {"classify": classify, "generate": generate, "next_tokens": next_tokens, "perplexity": perplexity}
+    return {
+        "classify": lambda out: None if len(out[1]["data"]) == n else f"{len(out[1]['data'])} rows for {n} models",
+        "generate": lambda out: None if out[0].count('class="gen-col"') == n else "not one column per model",
+        "next_tokens": lambda out: None if len(json.loads(out["plot"])["data"]) == n else "not one distribution",
+        "perplexity": perplexity,
+    }
 
 
 def _call(client, records: list[Record], endpoint: str, args: tuple, timeout: float, check=None):
@@ -200,6 +185,11 @@ def _call(client, records: list[Record], endpoint: str, args: tuple, timeout: fl
     return result if error is None else None
 
 
+def _finetune_args(plan: Plan, index: int, steps: int) -> tuple:
+    method = ["lora", "hora"][index % 2]
+    return (plan.finetune_base, None, plan.finetune_sample, [method], 4, steps, 3e-3, 4, index)
+
+
 def user(
     index: int,
     url: str,
@@ -210,8 +200,9 @@ def user(
     finetune_steps: int = 0,
     max_requests: int = 500,
     timeout: float = 120.0,
+    mix: tuple[str, ...] = MIX,
 ) -> None:
-    """One simulated user: its own Client (so its own session), looping over the mix until ``deadline``.
+    """One simulated user: its own Client (so its own session), looping over ``mix`` until ``deadline``.
 
     ``finetune_steps`` > 0 makes this user also fine-tune (that many steps) once per loop, first thing.
     """
@@ -233,7 +224,7 @@ def user(
         if vision is None or lm is None or options is None:
             return
         vision_names, lm_names = _choices(vision), _choices(lm)
-        adapters, layers, projections = (_choices(o) for o in options)
+        adapters, layers, projections = (_choices(o) for o in options if isinstance(o, dict) and "choices" in o)
         vision_checks, lm_checks = _checks(vision_names), _checks(lm_names)
 
         def request(endpoint: str) -> None:
@@ -254,22 +245,19 @@ def user(
                 args = (heads_base, chosen, rng.choice(layers), rng.choice(projections), metric)
                 check = lambda out: None if len(out) == 5 else f"{len(out)} plots"  # noqa: E731
             else:  # finetune
-                method = ["lora", "hora"][index % 2]
-                args = (plan.finetune_base, None, plan.finetune_sample, [method], 4, finetune_steps, 3e-3, 4, index)
+                args = _finetune_args(plan, index, finetune_steps)
                 check = lambda out: None if str(out[0]).startswith("Done.") else f"status {out[0]!r}"[:300]  # noqa: E731
             _call(client, records, endpoint, args, timeout, check)
 
-        loop = (["finetune"] if finetune_steps > 0 else []) + list(MIX[index % len(MIX) :] + MIX[: index % len(MIX)])
+        loop = (["finetune"] if finetune_steps > 0 else []) + list(mix[index % len(mix) :] + mix[: index % len(mix)])
         sent = 0
         while time.monotonic() < deadline and sent < max_requests:
             request(loop[sent % len(loop)])
             sent += 1
+    except Exception as err:  # the app's API changed under the user, say: a failure, never a silent stop
+        records.append(Record("user", 0.0, f"{type(err).__name__}: {err}"[:300]))
     finally:
         client.close()
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The run and its report
 
 
 def _percentile(values: list[float], p: float) -> float:
@@ -278,59 +266,70 @@ def _percentile(values: list[float], p: float) -> float:
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
+def _spread(ms: list[float]) -> dict[str, float]:
+    return {f"{k}_ms": round(_percentile(ms, p), 1) for k, p in (("p50", 50), ("p95", 95), ("max", 100))}
+
+
 def summarize(records: list[Record]) -> dict[str, dict]:
-    by_endpoint: dict[str, list[Record]] = {}
-    for record in records:
-        by_endpoint.setdefault(record.endpoint, []).append(record)
+    by_endpoint: dict[str, list[Record]] = {r.endpoint: [] for r in records}
     stats = {}
+    for record in records:
+        by_endpoint[record.endpoint].append(record)
     order = [e for e in ENDPOINTS if e in by_endpoint] + sorted(set(by_endpoint) - set(ENDPOINTS))
     for endpoint in order:  # the mix first, then set-up calls
         group = by_endpoint[endpoint]
         ms = [r.seconds * 1000 for r in group]
-        stats[endpoint] = {
-            "count": len(group),
-            "failures": sum(r.error is not None for r in group),
-            "p50_ms": round(_percentile(ms, 50), 1),
-            "p95_ms": round(_percentile(ms, 95), 1),
-            "max_ms": round(max(ms), 1),
-        }
+        stats[endpoint] = {"count": len(group), "failures": sum(r.error is not None for r in group)} | _spread(ms)
     return stats
 
 
-def _run_users(
-    url: str,
-    plan: Plan,
-    users: int,
-    deadline: float,
-    scratch: Path,
-    finetune_users: int,
-    finetune_steps: int,
-    max_requests: int,
-    timeout: float,
-) -> list[Record]:
-    """``users`` concurrent users until ``deadline``; every request they made, and any user still stuck after."""
-    per_user: list[list[Record]] = [[] for _ in range(users)]
+def _run_users(url: str, plan: Plan, deadline: float, scratch: Path, specs: list[dict]) -> list[Record]:
+    """One concurrent user per ``specs`` entry (keyword arguments of ``user``) until ``deadline``; every request
+    they made, and any user still stuck after."""
+    per_user: list[list[Record]] = [[] for _ in specs]
     threads = [
-        threading.Thread(
-            target=user,
-            args=(i, url, plan, deadline, per_user[i], scratch),
-            kwargs={
-                "finetune_steps": finetune_steps if i < finetune_users else 0,
-                "max_requests": max_requests,
-                "timeout": timeout,
-            },
-            daemon=True,
-            name=f"user-{i}",
-        )
-        for i in range(users)
+        threading.Thread(target=user, args=(i, url, plan, deadline, per_user[i], scratch), kwargs=spec, daemon=True)
+        for i, spec in enumerate(specs)
     ]
     for thread in threads:
         thread.start()
+    timeout = max(spec.get("timeout", 120.0) for spec in specs)
     for thread in threads:  # a request in flight at the deadline may run on, for at most `timeout`
         thread.join(timeout=max(0.0, deadline + timeout + 30 - time.monotonic()))
     records = [r for group in per_user for r in group]
-    stuck = [t.name for t in threads if t.is_alive()]
+    stuck = [f"user-{i}" for i, t in enumerate(threads) if t.is_alive()]
     return records + [Record("stuck_user", 0.0, f"{name} still waiting at the end") for name in stuck]
+
+
+@contextmanager
+def _serving(port: int | None) -> Iterator[tuple[str, subprocess.Popen, Plan, Path, dict]]:
+    """The app started on a free port (or ``port``) with its plan; the dict gets the server log's tail at exit."""
+    from gradio_client import Client
+
+    from hora import hub
+
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}/"
+    scratch = Path(tempfile.mkdtemp(prefix="hora-loadtest-"))
+    server = start_app(port, scratch / "server.log")
+    after: dict = {}
+    try:
+        probe = Client(url, verbose=False, download_files=False)
+        plan = discover(probe, hub.assets_dir())
+        probe.close()
+        yield url, server, plan, scratch, after
+    finally:
+        stop_app(server)
+        after["log"] = _tail(scratch / "server.log")
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _machine() -> dict:
+    found = {"machine": platform.machine(), "cpus": os.cpu_count(), "platform": platform.platform()}
+    return found | {"python": platform.python_version()}
+
+
+_mib = lambda value: round(value / 2**20, 1)  # noqa: E731 - bytes as MiB, for the reports
 
 
 def run(
@@ -342,68 +341,41 @@ def run(
     max_requests: int = 500,
     timeout: float = 120.0,
 ) -> dict:
-    """Start the app, load it with ``users`` concurrent clients for ``seconds``, stop it; returns the summary."""
-    from gradio_client import Client
+    """Start the app, load it with ``users`` concurrent clients for ``seconds``, stop it; returns the summary.
 
-    from hora import hub
-
+    ``finetune_users`` (default a quarter) also run ``finetune_steps``-step fine-tunes; ``max_requests`` per user;
+    ``timeout`` per request (seconds); ``port`` default: a free one."""
     finetune_users = max(1, users // 4) if finetune_users is None else min(finetune_users, users)
-    port = port or free_port()
-    url = f"http://127.0.0.1:{port}/"
-    scratch = Path(tempfile.mkdtemp(prefix="hora-loadtest-"))
     load_before = os.getloadavg()[0]
-    server = start_app(port, scratch / "server.log")
-    try:
-        rss_start = rss(server.pid)
-        sampler = RssSampler(server.pid)
+    with _serving(port) as (url, server, plan, scratch, after):
+        rss_start, sampler, started = rss(server.pid), RssSampler(server.pid), time.monotonic()
         sampler.start()
-        probe = Client(url, verbose=False, download_files=False)
-        plan = discover(probe, hub.assets_dir())
-        probe.close()
-        started = time.monotonic()
-        records = _run_users(
-            url, plan, users, started + seconds, scratch, finetune_users, finetune_steps, max_requests, timeout
-        )
+        specs = [{"finetune_steps": finetune_steps if i < finetune_users else 0} for i in range(users)]
+        specs = [spec | {"max_requests": max_requests, "timeout": timeout} for spec in specs]
+        records = _run_users(url, plan, started + seconds, scratch, specs)
         wall = time.monotonic() - started
         if server.poll() is not None:
             records.append(Record("server", 0.0, f"the app exited with code {server.returncode}"))
         rss_end = rss(server.pid)
         rss_peak = max(sampler.stop(), rss_end)
-    finally:
-        stop_app(server)
-        log = _tail(scratch / "server.log")
-        shutil.rmtree(scratch, ignore_errors=True)
     errors = [f"{r.endpoint}: {r.error}" for r in records if r.error is not None]
-    return {
-        "users": users,
-        "finetune_users": finetune_users,
-        "finetune_steps": finetune_steps,
-        "seconds": seconds,
-        "wall_s": round(wall, 1),
-        "requests": len(records),
-        "failures": len(errors),
-        "throughput_rps": round(sum(r.endpoint in ENDPOINTS for r in records) / wall, 2),
-        "endpoints": summarize(records),
-        "errors": errors[:20],
-        "server_log_tail": log[-2000:] if errors else "",
-        "rss_mib": {k: round(v / 2**20, 1) for k, v in (("start", rss_start), ("peak", rss_peak), ("end", rss_end))},
-        "load_average_before": round(load_before, 2),
-        "load_average_after": round(os.getloadavg()[0], 2),
-        "machine": {
-            "machine": platform.machine(),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-        },
-    }
+    summary = {"users": users, "finetune_users": finetune_users, "finetune_steps": finetune_steps, "seconds": seconds}
+    summary |= {"wall_s": round(wall, 1), "requests": len(records), "failures": len(errors)}
+    summary |= {"throughput_rps": round(sum(r.endpoint in ENDPOINTS for r in records) / wall, 2)}
+    summary |= {"endpoints": summarize(records), "errors": errors[:20]}
+    summary |= {"server_log_tail": after["log"][-2000:] if errors else ""}
+    summary |= {"rss_mib": {"start": _mib(rss_start), "peak": _mib(rss_peak), "end": _mib(rss_end)}}
+    summary |= {"load_average_before": round(load_before, 2), "load_average_after": round(os.getloadavg()[0], 2)}
+    return summary | {"machine": _machine()}
 
 
 def table(summary: dict) -> str:
     lines = [f"{'endpoint':<15}{'requests':>9}{'failed':>8}{'p50 ms':>10}{'p95 ms':>10}{'max ms':>10}"]
     for endpoint, s in summary["endpoints"].items():
-        lines.append(
-            f"{endpoint:<15}{s['count']:>9}{s['failures']:>8}{s['p50_ms']:>10.1f}{s['p95_ms']:>10.1f}{s['max_ms']:>10.1f}"
-        )
+        timing = f"{s['p50_ms']:>10.1f}{s['p95_ms']:>10.1f}{s['max_ms']:>10.1f}"
+        lines.append(f"{endpoint:<15}{s['count']:>9}{s['failures']:>8}{timing}")
+    if "phases" in summary:  # run_adversarial: the flood phase's endpoints, then its own summary
+        return "\n".join(lines) + "\n" + adversarial_table(summary)
     mem, machine = summary["rss_mib"], summary["machine"]
     lines += [
         f"{summary['users']} users ({summary['finetune_users']} also fine-tuning, {summary['finetune_steps']} steps) "
@@ -417,4 +389,111 @@ def table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["ENDPOINTS", "MIX", "run", "table"]
+# --- Adversarial: one client floods fine-tunes while well-behaved users classify and generate --------------------
+
+POLITE_MIX = ("classify", "generate")
+FLOOD_RATE = 10.0  # the flooder's submissions per second at most (a refusal is answered at once)
+
+
+@dataclass
+class Flood:
+    outstanding: int  # fine-tunes the flooder keeps submitted (all reach the queue: one client thread each)
+    steps: int
+    submitted: int = 0
+    refused: int = 0  # refused when submitted (a full queue, a per-visitor limit) or failed
+    completed: int = 0
+    cancelled: int = 0  # still queued or running at the end
+    first_refusal: str = ""
+
+    def settle(self, job) -> None:
+        """Count one submission, once: completed or refused when it has ended, else cancelled (now)."""
+        if not job.done():
+            self.cancelled += 1
+            with contextlib.suppress(Exception):  # the server may be gone already
+                job.cancel()
+            return
+        error = job.exception()
+        self.completed, self.refused = self.completed + (error is None), self.refused + (error is not None)
+        self.first_refusal = self.first_refusal or (f"{type(error).__name__}: {error}"[:300] if error else "")
+
+
+def flooder(url: str, plan: Plan, deadline: float, flood: Flood) -> None:
+    """One client keeping ``flood.outstanding`` fine-tunes submitted without waiting for any, until ``deadline``."""
+    from gradio_client import Client
+
+    jobs, client = [], Client(url, verbose=False, download_files=False, max_workers=flood.outstanding + 8)
+    try:
+        while time.monotonic() < deadline:
+            for job in [j for j in jobs if j.done()]:
+                jobs.remove(job)
+                flood.settle(job)
+            if len(jobs) < flood.outstanding:
+                jobs.append(client.submit(*_finetune_args(plan, flood.submitted, flood.steps), api_name="/finetune"))
+                flood.submitted += 1
+            time.sleep(1 / FLOOD_RATE)
+    finally:
+        for job in jobs:  # each submission is counted once
+            flood.settle(job)
+        client.close()
+
+
+def _phase(url: str, plan: Plan, pid: int, scratch: Path, users: int, seconds: float, timeout: float, flood=None):
+    """``users`` well-behaved users for ``seconds``, with the flooder running when ``flood`` is given."""
+    sampler, deadline = RssSampler(pid), time.monotonic() + seconds
+    sampler.start()
+    thread = threading.Thread(target=flooder, args=(url, plan, deadline, flood or Flood(0, 0)), daemon=True)
+    thread.start()  # with no flood (the baseline), a flooder that submits nothing
+    time.sleep(min(5.0, seconds / 10) if flood else 0)  # the flood is queued before the users arrive
+    records = _run_users(url, plan, deadline, scratch, [{"timeout": timeout, "mix": POLITE_MIX}] * users)
+    thread.join(timeout=60)
+    polite = [r for r in records if r.endpoint in POLITE_MIX]
+    ms = [r.seconds * 1000 for r in polite if r.error is None] or [0.0]  # the latency of what was served
+    errors = [f"{r.endpoint}: {r.error}" for r in records if r.error is not None]
+    summary = {"served": sum(r.error is None for r in polite), "failures": len(errors), "errors": errors[:20]}
+    summary |= _spread(ms)
+    return summary | {"endpoints": summarize(records), "rss_peak_mib": _mib(sampler.stop())}
+
+
+def run_adversarial(
+    users: int = 8,
+    seconds: float = 60.0,
+    port: int | None = None,
+    flood: int = 80,
+    steps: int = 60,
+    timeout: float = 120.0,
+) -> dict:
+    """Both phases against one app: ``users`` well-behaved users alone, then with a flooder keeping ``flood``
+    fine-tunes of ``steps`` steps submitted. ``failures`` counts the well-behaved users' failures."""
+    with _serving(port) as (url, server, plan, scratch, after):
+        rss_start, stats = rss(server.pid), Flood(flood, steps)
+        baseline = _phase(url, plan, server.pid, scratch, users, seconds, timeout)
+        flooded = _phase(url, plan, server.pid, scratch, users, seconds, timeout, stats)
+        alive = server.poll() is None
+    failures = baseline["failures"] + flooded["failures"] + (not alive)
+    ratio = round(flooded["p95_ms"] / baseline["p95_ms"], 2) if baseline["served"] and flooded["served"] else None
+    summary = {"adversarial": True, "users": users, "seconds": seconds, "flood": vars(stats)}
+    summary |= {"phases": {"baseline": baseline, "flood": flooded}, "p95_ratio": ratio, "failures": failures}
+    summary |= {"errors": (flooded["errors"] + baseline["errors"])[:20] + ([] if alive else ["the app exited"])}
+    summary |= {"server_log_tail": after["log"][-2000:] if failures else "", "endpoints": flooded["endpoints"]}
+    peak = max(baseline["rss_peak_mib"], flooded["rss_peak_mib"])
+    return summary | {"rss_mib": {"start": _mib(rss_start), "peak": peak}, "machine": _machine()}
+
+
+def adversarial_table(summary: dict) -> str:
+    """The human summary of ``run_adversarial``: what the well-behaved users got with and without the flood."""
+    lines, flood = [], summary["flood"]
+    for name, phase in summary["phases"].items():
+        lines.append(
+            f"{name:>8}: {summary['users']} users served {phase['served']} requests, {phase['failures']} failed; "
+            f"p50 {phase['p50_ms']:.0f} ms, p95 {phase['p95_ms']:.0f} ms; server peak {phase['rss_peak_mib']:.0f} MiB"
+        )
+    lines.append(f"p95 with the flood / without: {summary['p95_ratio']}")
+    lines.append(
+        f"flooder ({flood['outstanding']} outstanding fine-tunes of {flood['steps']} steps): {flood['submitted']} "
+        f"submitted, {flood['refused']} refused, {flood['completed']} completed, {flood['cancelled']} cancelled; "
+        f"first refusal: {flood['first_refusal'] or 'none'}"
+    )
+    return "\n".join(lines + [f"error: {e}" for e in summary["errors"]])
+
+
+__all__ = ["ENDPOINTS", "MIX", "POLITE_MIX", "adversarial_table", "run", "run_adversarial", "table"]

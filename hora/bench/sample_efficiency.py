@@ -4,7 +4,7 @@ seeds. Each run is ``hora.train.train``; nothing else is timed or measured here.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -24,65 +24,90 @@ def sample_efficiency(
     shots: Sequence[int] = (1, 2, 4, 8, 16),
     seeds: Sequence[int] = (0, 1, 2, 3, 4),
     config: TrainConfig | None = None,
+    variants: Mapping[str, Mapping[str, Any]] | None = None,
+    test: Callable[[Any], dict[str, float]] | None = None,
     out_dir: str | os.PathLike | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Train every method at every number of shots with every seed; report the held-out metric's mean
     and 95% confidence interval (t-distribution over seeds).
 
-    The metric is held-out accuracy for classification and held-out loss for language modelling (where
-    ``shots`` counts training chunks). ``config`` sets everything else (steps, lr, rank, ...). Writes
-    ``sample_efficiency.json`` and ``sample_efficiency.html`` to ``out_dir`` when given.
+    ``variants`` names configurations beyond plain methods: ``{"hora-static-A": {"method": "hora", "method_args":
+    {"generate_a": False}}, "lora-r16": {"method": "lora", "r": 16}}`` (fields of ``TrainConfig``); without it, one
+    variant per method. ``config`` sets everything else (steps, lr, rank, ...).
+
+    Without ``test``, the metric is the engine's held-out metric (accuracy, or the loss of held-out LM chunks, where
+    ``shots`` counts training chunks) and, being the test set, it is never looked at during training (no
+    evaluations, no early stopping). With ``test`` (model -> {metric: value}, its first metric reported; a loss if
+    its name says so), that is the test set and the engine's own validation may select steps (``keep_best``).
+    Writes ``sample_efficiency.json`` and ``.html`` to ``out_dir`` when given.
     """
-    methods = [check_method(m) for m in methods]
+    variants = dict(variants or {m: {"method": m} for m in methods})
+    for name, fields in variants.items():
+        check_method(fields.get("method", name))
     if not shots or not seeds:
         raise ValueError("sample_efficiency needs at least one value of shots and one seed.")
-    # The held-out examples are the test set here: no evaluations during training, no early stopping on them.
-    config = replace(config or TrainConfig(steps=100), eval_every=None, patience=None)
+    config = config or TrainConfig(steps=100)
+    if test is None:
+        config = replace(config, eval_every=None, patience=None, keep_best=False)
     source = os.fspath(data) if isinstance(data, (str, os.PathLike)) else type(data).__name__
     dataset = load_data_for(data, config.task)  # loaded once, shared by every run
-    runs: list[dict[str, Any]] = []
-    grid = [(m, k, s) for k in shots for s in seeds for m in methods]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(grid), desc="sample efficiency", unit="run")
-    metric = None
-    for method, k, seed in grid:
-        run_config = replace(config, method=method, shots=k, seed=seed)
-        result = train(base, dataset, run_config, data_source=source)
-        metric = result.task.metric
+    grid = [(v, k, s) for k in shots for s in seeds for v in variants]
+    bar = _bar(len(grid)) if progress else None
+    runs, metric = [], None
+    for name, k, seed in grid:
+        fields = {"method": name, **variants[name]}
+        result = train(base, dataset, replace(config, **fields, shots=k, seed=seed), data_source=source)
+        measured = test(result.model) if test is not None else result.final
+        metric = next(iter(measured)) if test is not None else result.task.metric
         runs.append(
             {
-                "method": method,
+                "method": name,
+                "peft_method": fields["method"],
                 "shots": k,
                 "seed": seed,
-                "value": result.final[metric],
+                "value": measured[metric],
                 "final": result.final,
+                "test": measured if test is not None else None,
                 "stopped": result.stopped,
+                "kept_step": result.metrics.get("kept_step"),
                 "trainable_params": result.metrics["method_info"]["trainable_params"],
+                "adapter_params": result.metrics["method_info"]["adapter_params"],
                 "train_seconds": result.metrics["timing"]["train_seconds"],
             }
         )
         if bar is not None:
-            bar.set_postfix({"method": method, "shots": k, metric: f"{result.final[metric]:.4f}"}, refresh=False)
+            bar.set_postfix({"variant": name, "shots": k, metric: f"{measured[metric]:.4f}"}, refresh=False)
             bar.update(1)
     if bar is not None:
         bar.close()
+    return _report(
+        base, source, metric, test is not None, list(variants), variants, shots, seeds, config, runs, out_dir
+    )
+
+
+def _bar(total: int) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="sample efficiency", unit="run")
+
+
+def _report(base, source, metric, tested, names, variants, shots, seeds, config, runs, out_dir) -> dict[str, Any]:
     results = {
         m: {str(k): mean_ci([r["value"] for r in runs if r["method"] == m and r["shots"] == k]) for k in shots}
-        for m in methods
+        for m in names
     }
     report = {
         "benchmark": "sample_efficiency",
         "base_model": os.fspath(base),
         "data": source,
         "metric": metric,
-        "higher_is_better": metric != "loss",
+        "higher_is_better": "loss" not in (metric or "") and "perplexity" not in (metric or ""),
+        "test_set": "the caller's test" if tested else "the engine's held-out examples",
         "confidence": 0.95,
         "interval": "t-distribution over seeds",
-        "methods": methods,
+        "methods": names,
+        "variants": {n: dict(v) for n, v in variants.items()},
         "shots": list(shots),
         "seeds": list(seeds),
         "config": {k: v for k, v in vars(config).items() if k not in ("method", "shots", "seed")},

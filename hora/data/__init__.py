@@ -13,8 +13,10 @@ Accepted uploads:
 
 Uploads are untrusted. Nothing is ever extracted to disk: zip members are read into memory after their names,
 types, sizes and compression ratios have been checked against ``DataLimits``; links are never followed; images are
-decoded by a fixed set of PIL plugins under a pixel limit. Every refusal is a ``DataError`` (a ``ValueError``) whose
-message names the file, column or class at fault and says what is expected.
+decoded by a fixed set of PIL plugins, their size checked from the header before decoding, reduced right after it
+to ``max_image_side`` and kept within ``max_decoded_bytes`` (``load_image`` decodes one image the same way). Every
+refusal is a ``DataError`` (a ``ValueError``) whose message names the file, column or class at fault and says what
+is expected. Labels that read alike but differ in JSON type, or that hold control characters, are refused.
 
 Modules: ``common`` (errors, limits, dataset classes), ``archive`` (zips and folders), ``tables`` (CSV, JSONL),
 ``images``, ``text`` and ``splits``; this module picks the reader (``load_data``, ``detect_task``).
@@ -41,7 +43,7 @@ from hora.data.common import (
     _read_file,
     _upload,
 )
-from hora.data.images import image_batch, load_image_classification
+from hora.data.images import image_batch, load_image, load_image_classification
 from hora.data.splits import FewShotSplit, few_shot_split, lm_chunks
 from hora.data.tables import _jsonl_records
 from hora.data.text import load_language_modeling, load_text_classification
@@ -123,6 +125,7 @@ __all__ = [
     "image_batch",
     "lm_chunks",
     "load_data",
+    "load_image",
     "load_image_classification",
     "load_language_modeling",
     "load_text_classification",

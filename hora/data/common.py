@@ -42,8 +42,12 @@ class DataLimits:
     max_compression_ratio: float = 200.0  # per zip entry and overall: uncompressed/compressed; above = zip bomb
     max_text_chars: int = 20_000_000  # total characters of a text dataset
     max_image_pixels: int = 40_000_000  # per image (decompression bomb guard; also PIL's limit while loading)
-    # All images are kept decoded in memory (3 bytes a pixel), and small PNGs can hold huge flat images.
+    # Small PNGs can hold huge flat images (a few KB of one-bit 6000x6000): the pixels to decode, from the headers
     max_total_pixels: int = 1_000_000_000
+    # Images are kept decoded in memory, reduced right after decoding to this many pixels on their long side ...
+    max_image_side: int = 1024
+    # ... and within this budget of kept bytes (3 a pixel) for all of them
+    max_decoded_bytes: int = 1 << 30
 
 
 @dataclass
@@ -109,10 +113,35 @@ def _sorted_classes(names: set[str]) -> list[str]:
     return sorted(names)
 
 
+# Characters a label may not hold: control characters (NUL, escapes, line breaks) and the bidirectional overrides
+# that make one label display as another.
+_BIDI_CONTROLS = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _check_label(name: str, source: str) -> None:
+    """Refuse a class name that cannot be shown as typed: control characters, bidi overrides, too long."""
+    from hora.validate import MAX_LABEL_CHARS  # the bound a run's labels are loaded back with
+
+    bad = next((c for c in name if unicodedata.category(c) == "Cc" or c in _BIDI_CONTROLS), None)
+    if bad is not None:
+        raise DataError(
+            f"{source}: the label {name[:60]!r} holds the control character U+{ord(bad):04X}; labels must be "
+            "printable text. Remove it from the label."
+        )
+    if len(name) > MAX_LABEL_CHARS:
+        raise DataError(f"{source}: the label {name[:60]!r}... is longer than {MAX_LABEL_CHARS} characters.")
+
+
 def _classes(counts: dict[str, int], source: str, what: str) -> list[str]:
-    """Check the examples per class and return the sorted class names."""
+    """Check the examples per class and the class names, and return the sorted class names."""
+    from hora.validate import MAX_LABELS
+
     if not any(counts.values()):
         raise DataError(f"{source} has no {what}s.")
+    if len(counts) > MAX_LABELS:
+        raise DataError(f"{source} has {len(counts):,} classes; the limit is {MAX_LABELS:,}.")
+    for name in counts:
+        _check_label(name, source)
     empty = sorted(c for c, n in counts.items() if n == 0)
     if empty:
         raise DataError(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from hora.data.archive import _open_tree, _Tree
 from hora.data.common import (
@@ -66,14 +66,65 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _decode_image(data: bytes, source: str, limits: DataLimits) -> Image.Image:
-    """A fully decoded RGB image, or a DataError naming the file."""
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2}  # PIL's decoded bytes per pixel; else 4
+_EXIF_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def decoded_bytes(img: Image.Image) -> int:
+    """Bytes PIL needs to decode ``img`` (width × height × its bytes per pixel), known from the header alone."""
+    return img.width * img.height * _MODE_BYTES.get(img.mode, 4)
+
+
+def _shrink(img: Image.Image, side: int) -> Image.Image:
+    """``img`` with its long side at most ``side``: a box-filter ``reduce`` in its own mode, right after decoding."""
+    if max(img.size) <= side:
+        return img
+    if img.mode == "1":
+        img = img.convert("L")  # reduce() averages grey levels; one-bit pixels cannot be averaged
+    elif img.mode in ("P", "PA"):
+        img = img.convert("RGBA")  # a palette cannot be averaged either
+    factor = -(-max(img.size) // side)  # ceil: the result fits within `side`
     try:
-        with Image.open(io.BytesIO(data), formats=_PIL_FORMATS) as img:
-            img.verify()  # structure and checksums, before any pixel is decoded
-        with Image.open(io.BytesIO(data), formats=_PIL_FORMATS) as img:
+        return img.reduce(factor)
+    except ValueError:  # a mode reduce() does not support: a resampling resize instead
+        size = (max(1, img.width // factor), max(1, img.height // factor))
+        return img.resize(size, Image.Resampling.BOX)
+
+
+def _open_checked(data: bytes, source: str, limits: DataLimits) -> Image.Image:
+    """The image, opened (header read, nothing decoded) and checked against the per-image limits."""
+    with Image.open(io.BytesIO(data), formats=_PIL_FORMATS) as img:
+        img.verify()  # structure and checksums, before any pixel is decoded
+    img = Image.open(io.BytesIO(data), formats=_PIL_FORMATS)
+    if img.width * img.height > limits.max_image_pixels:  # also caught by PIL under _pil_guard; here for any caller
+        raise Image.DecompressionBombError(f"{img.width}x{img.height}")
+    return img
+
+
+def _decode_image(data: bytes, source: str, limits: DataLimits) -> Image.Image:
+    """A decoded RGB image at most ``limits.max_image_side`` on its long side, or a DataError naming the file.
+
+    The header's size and mode are checked before decoding; JPEGs are decoded at a reduced scale (``draft``) and
+    every other format is reduced right after decoding, so one image never holds more than its decoded size once.
+    """
+    try:
+        img = _open_checked(data, source, limits)
+        with img:
+            if img.format == "JPEG" and max(img.size) > limits.max_image_side:
+                img.draft(None, (limits.max_image_side, limits.max_image_side))  # DCT scaling: less to decode
             img.load()
-            return _to_rgb(ImageOps.exif_transpose(img))  # a copy: phone photos stored sideways are turned upright
+            turn = _EXIF_TRANSPOSE.get(img.getexif().get(0x0112))  # phone photos stored sideways
+            small = _shrink(img, limits.max_image_side)
+            small = small.transpose(turn) if turn is not None else small
+            return _to_rgb(small) if small is not img else _to_rgb(img.copy())
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         # Image.open checks the header's size against our limit (see _pil_guard) before decoding any pixel.
         raise DataError(
@@ -85,18 +136,46 @@ def _decode_image(data: bytes, source: str, limits: DataLimits) -> Image.Image:
         ) from err
 
 
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """(pixels, decoded bytes) from the header alone, or None when the header cannot be read (decoding says why)."""
+    try:
+        with Image.open(io.BytesIO(data), formats=_PIL_FORMATS) as img:
+            return img.width * img.height, decoded_bytes(img)
+    except Exception:  # noqa: BLE001 - the decode that follows raises the DataError naming the problem
+        return None
+
+
 def _decode_images(items: Iterator[tuple[str, bytes]], limits: DataLimits, source: str) -> list[Image.Image]:
-    images, pixels = [], 0
+    """Decode every image within the budgets: pixels in all (decoding work, from the headers, before decoding) and
+    bytes kept in memory (after each image is reduced to ``max_image_side``)."""
+    images, pixels, kept = [], 0, 0
     with _pil_guard(limits):
         for name, data in items:
-            images.append(_decode_image(data, name, limits))
-            pixels += images[-1].width * images[-1].height
+            size = _header_size(data)
+            pixels += size[0] if size else 0
             if pixels > limits.max_total_pixels:
                 raise DataError(
-                    f"{source}: the images hold more than {limits.max_total_pixels:,} pixels in all, the limit. "
-                    "Upload fewer or smaller images."
+                    f"{source}: the images hold more than {limits.max_total_pixels:,} pixels in all, the limit "
+                    f"(at {name}, {size[1] / 2**20:,.0f} MB once decoded). Upload fewer or smaller images."
+                )
+            images.append(_decode_image(data, name, limits))
+            kept += images[-1].width * images[-1].height * 3
+            if kept > limits.max_decoded_bytes:
+                raise DataError(
+                    f"{source}: the images take more than {limits.max_decoded_bytes / 2**20:,.0f} MB decoded (even "
+                    f"reduced to {limits.max_image_side} pixels a side), the limit. Upload fewer images."
                 )
     return images
+
+
+def load_image(path: str | Path, limits: DataLimits | None = None) -> Image.Image:
+    """One image file (an upload to classify, say) decoded like a dataset's: a fixed set of formats, the header
+    checked before decoding, reduced to ``limits.max_image_side``, RGB. Refusals are ``DataError``."""
+    limits = limits or DataLimits()
+    path = _upload(path)
+    data = _read_file(path, path.name, limits.max_file_bytes)
+    with _pil_guard(limits):
+        return _decode_image(data, path.name, limits)
 
 
 def _images_from_tree(tree: _Tree) -> ImageClassificationData:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,9 +37,12 @@ class FewShotSplit:
         return cls(list(record["train"]), list(record["eval"]), int(record["shots"]), int(record["seed"]))
 
 
-def few_shot_split(labels: Sequence[int], shots: int, seed: int, eval_per_class: int | None = None) -> FewShotSplit:
+def few_shot_split(
+    labels: Sequence[int], shots: int, seed: int, eval_per_class: int | None = None, max_eval: int | None = None
+) -> FewShotSplit:
     """A stratified split: per class, ``shots`` examples to train on and the rest (at most ``eval_per_class``) to
-    evaluate on.
+    evaluate on; ``max_eval`` caps the held-out examples in all, taken class by class in turn (the first held-out
+    example of every class, then the second ...), so that 10,000 classes cannot exceed it.
 
     Each class is shuffled by its own generator, ``numpy.random.default_rng([seed, label])``, so the split is the
     same on every run and platform, one class's split does not depend on the others, and the eval examples for
@@ -65,13 +69,16 @@ def few_shot_split(labels: Sequence[int], shots: int, seed: int, eval_per_class:
             f"{shots}-shot training needs at least {shots + 1} examples per class (shots plus one to evaluate on); "
             f"{detail}. Add examples or lower the shots."
         )
-    train, held_out = [], []
-    for label, indices in by_class.items():
+    if max_eval is not None and max_eval < 1:
+        raise DataError(f"max_eval must be at least 1, not {max_eval}.")
+    train, per_class = [], []
+    for label, indices in sorted(by_class.items()):
         order = np.random.default_rng([seed, label]).permutation(len(indices))
         shuffled = [indices[j] for j in order]
         train += shuffled[:shots]
-        held_out += shuffled[shots:][:eval_per_class]
-    return FewShotSplit(sorted(train), sorted(held_out), shots, seed)
+        per_class.append(shuffled[shots:][:eval_per_class])
+    held_out = [i for rank in itertools.zip_longest(*per_class) for i in rank if i is not None]
+    return FewShotSplit(sorted(train), sorted(held_out[:max_eval]), shots, seed)
 
 
 def lm_chunks(token_ids: Sequence[int], context: int, stride: int | None = None) -> torch.Tensor:

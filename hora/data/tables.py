@@ -17,8 +17,13 @@ def _csv_rows(path: Path, needed: Sequence[str], limits: DataLimits) -> list[tup
     text = _decode(_read_file(path, path.name, limits.max_file_bytes), path.name)
     header = text.split("\n", 1)[0]
     delimiter = max(",;\t", key=header.count)  # Excel writes ';' in many locales
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     old_limit = csv.field_size_limit(limits.max_file_bytes)  # the default (128 KB) would refuse long texts
+    try:
+        _check_quotes(text, delimiter, path.name)
+    finally:
+        csv.field_size_limit(old_limit)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    old_limit = csv.field_size_limit(limits.max_file_bytes)
     try:
         columns = [c.strip() for c in next(reader, [])]
         missing = [c for c in needed if c not in columns]
@@ -41,6 +46,23 @@ def _csv_rows(path: Path, needed: Sequence[str], limits: DataLimits) -> list[tup
     if not rows:
         raise DataError(f"{path.name} has no rows below its header.")
     return rows
+
+
+def _check_quotes(text: str, delimiter: str, source: str) -> None:
+    """Refuse a quote that is opened and never closed: the lenient reader would swallow the rest of the file into
+    one cell, and the row would look like it has an empty label."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    start = 1
+    try:
+        for _ in reader:
+            start = reader.line_num + 1
+    except csv.Error as err:
+        if "unexpected end of data" in str(err):
+            raise DataError(
+                f'line {start} of {source} opens a quote (") that is never closed, so the rest of the file would be '
+                'read as one cell. Close the quote, or double it ("") inside a quoted cell.'
+            ) from err
+        # other strictness complaints (a stray quote inside a cell) are read leniently, as spreadsheets write them
 
 
 def _jsonl_records(path: Path, needed: Sequence[str], limits: DataLimits) -> list[tuple[int, dict[str, Any]]]:

@@ -44,14 +44,37 @@ def load_text_classification(
     else:
         raise DataError(f"{path.name}: unsupported file type {suffix or '(none)'!r} for text; upload {_TEXT_HINT}.")
     texts, label_names = [], []
+    typed: dict[str, tuple[str, int]] = {}  # label as text -> (its JSON type, first line)
     for line, row in rows:
         where = f"line {line} of {path.name}"
         texts.append(_text_value(row[text_column], where, f"text ({text_column!r})"))
         label_names.append(_nfc(_text_value(row[label_column], where, f"label ({label_column!r})")))
+        _check_label_type(row[label_column], label_names[-1], typed, line, path.name)
     _check_chars(sum(map(len, texts)), path.name, limits)
     classes = _classes(Counter(label_names), path.name, "text")
     index = {c: i for i, c in enumerate(classes)}
     return TextClassificationData(texts, [index[c] for c in label_names], classes)
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    return "a number" if isinstance(value, (int, float)) else "a string"
+
+
+def _check_label_type(value: Any, label: str, typed: dict[str, tuple[str, int]], line: int, source: str) -> None:
+    """Refuse JSON labels that differ in type but read the same (``1`` and ``"1"``, ``true`` and ``"true"``).
+
+    Merging them would silently join two classes the file keeps apart; keeping both would show two classes with
+    the same name. Neither is what the author meant, so the file is refused, naming both lines.
+    """
+    kind = _json_type(value)
+    first = typed.setdefault(label, (kind, line))
+    if first[0] != kind:
+        raise DataError(
+            f"{source}: line {line} has the label {label!r} as {kind} but line {first[1]} has it as {first[0]}; "
+            "they would be merged into one class. Write every label the same way (all strings, or all numbers)."
+        )
 
 
 def load_language_modeling(

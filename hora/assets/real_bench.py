@@ -1,0 +1,234 @@
+"""``python -m hora.assets bench --base smollm2-135m-instruct|dinov2-small``: sample efficiency and a parameter
+Pareto front on the real bases, sized for about 90 minutes on a 2-core CPU.
+
+Every method at two training-set sizes with three seeds, HoRA in both readings (A and B generated, the default;
+only the per-head B generated, ``generate_a=False``), LoRA at HoRA's rank and at HoRA's parameter budget; then, at
+the smaller size, LoRA and HoRA at ranks 4 and 16 as well, for the Pareto plot of the test metric against
+trainable parameters (as PEFT's method-comparison Space draws it). Each run is the engine with its learning rate
+from the embedded adapter's search and the engine's own validation selecting the step (``keep_best``); the test set
+is the one of the base's card (replies of Macbeth and The Tempest; 500 held-out photos), never seen by training.
+Outputs in ``<assets>/bench/<base>/``: JSON (every run, the grid), HTML and PNG figures, README.md.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hora import cards as hora_cards
+from hora.assets import cards
+from hora.assets.common import read_metadata
+from hora.io import atomic_dir
+
+
+SEEDS = (0, 1, 2)
+VARIANTS = {  # name -> TrainConfig fields
+    "LoRA r8": {"method": "lora", "r": 8},
+    "LoRA, HoRA's budget": {"method": "lora", "r": 8, "match_params": True},
+    "HoRA r8": {"method": "hora", "r": 8},
+    "HoRA r8, only B generated": {"method": "hora", "r": 8, "method_args": {"generate_a": False}},
+    "DoRA r8": {"method": "dora", "r": 8},
+    "DoRAN r8": {"method": "doran", "r": 8},
+}
+PARETO = {  # at the smaller training-set size only
+    "LoRA r4": {"method": "lora", "r": 4},
+    "LoRA r16": {"method": "lora", "r": 16},
+    "HoRA r4": {"method": "hora", "r": 4},
+    "HoRA r16": {"method": "hora", "r": 16},
+}
+
+
+def _lm_setup(assets: Path, quick: bool) -> dict[str, Any]:
+    from hora.assets import smollm
+    from hora.assets.dialogue import chat_documents, load_conversations
+    from hora.data import LanguageModelingData
+    from hora.loaders import load_base
+
+    tokenizer = load_base(smollm.BASE).processor
+    conversations = load_conversations()
+    step = max(1, len(conversations.heldout) // 48)
+    heldout = conversations.heldout[::step][:48]  # half the card's test: 48 exchanges, ~4.5k reply tokens
+    return {
+        "data": LanguageModelingData(chat_documents(tokenizer, conversations.train)),
+        "recipe": lambda method, lr: smollm.recipe(method, lr, steps=4 if quick else 20),
+        "test": lambda model: {"test_reply_loss": smollm.reply_loss(model, tokenizer, heldout)["loss"]},
+        "shots": (8, 32),
+        "shots_label": "training chunks of 128 tokens",
+        "metric_label": "test reply loss (nats/token, lower is better), Macbeth and The Tempest",
+        "extra": {},
+    }
+
+
+def _vision_setup(assets: Path, quick: bool) -> dict[str, Any]:
+    from hora.assets import dino
+    from hora.assets.fashion import load_fashion_splits
+
+    splits = load_fashion_splits()
+    test_data = dino.heldout_data(splits)
+    return {
+        "data": dino.pool_data(splits),
+        "recipe": lambda method, lr: dino.recipe(method, lr, steps=4 if quick else 30),
+        "test": lambda model: {"test_accuracy": dino.test_metrics(model, test_data)["accuracy"]},
+        "shots": (2, 8),
+        "shots_label": "shots per class",
+        "metric_label": "test accuracy on 500 held-out photos (chance 0.10)",
+        "extra": {"Head only (linear probe)": {"method": "head"}},
+    }
+
+
+SETUPS = {"smollm2-135m-instruct": _lm_setup, "dinov2-small": _vision_setup}
+
+
+def run_real_bench(assets: str | Path, base: str, *, quick: bool = False, log: Callable[[str], None] = print) -> dict:
+    """The grid on ``base``; writes ``<assets>/bench/<base>/`` and refreshes the manifest."""
+    from hora import bench
+
+    assets = Path(assets)
+    setup = SETUPS[base](assets, quick)
+    lrs = {m: read_metadata(assets / base / "adapters" / m)["lr"] for m in ("lora", "hora", "dora", "doran")}
+    if base == "dinov2-small":
+        lrs["head"] = read_metadata(assets / base / "adapters" / "head")["lr"]
+    seeds = SEEDS[:2] if quick else SEEDS
+    started = time.perf_counter()
+    reports = []
+    grid = [({**setup["extra"], **VARIANTS}, setup["shots"]), (PARETO, setup["shots"][:1])]
+    for variants, shots in grid:
+        for name, fields in variants.items():  # one call per variant: each keeps its method's learning rate
+            config = setup["recipe"](fields["method"], lrs[fields["method"]])
+            log(f"bench {base}: {name}, sizes {list(shots)}, seeds {list(seeds)}, lr {config.lr:g}")
+            reports.append(
+                bench.sample_efficiency(
+                    base,
+                    setup["data"],
+                    variants={name: fields},
+                    shots=shots,
+                    seeds=seeds,
+                    config=config,
+                    test=setup["test"],
+                )
+            )
+    report = _merge(reports, base, setup, quick, time.perf_counter() - started)
+    _write(assets / "bench" / base, report)
+    cards.refresh_manifest(assets, **{f"bench_seconds_{base}": report["wall_seconds"]})
+    log(f"bench {base}: done in {report['wall_seconds'] / 60:.1f} min\n{table(report)}")
+    return report
+
+
+def _merge(reports: list[dict], base: str, setup: dict, quick: bool, seconds: float) -> dict:
+    first = reports[0]
+    return {
+        "benchmark": "sample_efficiency_and_pareto",
+        "base_model": base,
+        "metric": first["metric"],
+        "metric_label": setup["metric_label"],
+        "shots_label": setup["shots_label"],
+        "higher_is_better": first["higher_is_better"],
+        "confidence": 0.95,
+        "interval": "t-distribution over seeds",
+        "seeds": first["seeds"],
+        "shots": list(setup["shots"]),
+        "variants": {name: fields for r in reports for name, fields in r["variants"].items()},
+        "config": {r["methods"][0]: r["config"] for r in reports},
+        "results": {name: rows for r in reports for name, rows in r["results"].items()},
+        "params": {r["methods"][0]: r["runs"][0]["trainable_params"] for r in reports},
+        "runs": [run for r in reports for run in r["runs"]],
+        "wall_seconds": round(seconds, 1),
+        "quick": quick,
+    }
+
+
+def table(report: dict) -> str:
+    """Mean [95% CI] of the test metric per variant and training-set size."""
+    header = ["variant", "trainable params"] + [f"{k} {report['shots_label']}" for k in report["shots"]]
+    rows = []
+    for name, results in report["results"].items():
+        cells = [
+            f"{results[str(k)]['mean']:.3f} [{results[str(k)]['ci_low']:.3f}, {results[str(k)]['ci_high']:.3f}]"
+            if str(k) in results
+            else "-"
+            for k in report["shots"]
+        ]
+        rows.append([name, f"{report['params'][name]:,}", *cells])
+    return hora_cards.table(header, rows)
+
+
+def _write(folder: Path, report: dict) -> None:
+    with atomic_dir(folder) as tmp:
+        (tmp / "sample_efficiency.json").write_text(json.dumps(report, indent=1) + "\n")
+        pngs = _figures(report, tmp)
+        better = "higher" if report["higher_is_better"] else "lower"
+        images = "\n".join(f"![{p.stem}]({p.name})" for p in pngs)
+        (tmp / "README.md").write_text(
+            f"# Sample efficiency and Pareto front on `{report['base_model']}`\n\n"
+            f"{__doc__.split(chr(10) + chr(10))[1]}\n\nCells: mean {report['metric_label']} ({better} is better) "
+            f"[95% interval over seeds {report['seeds']}].\n\n{table(report)}\n\n{images}\n\n"
+            f"Wall time: {report['wall_seconds'] / 60:.0f} minutes on a shared 2-core CPU.\n",
+            encoding="utf-8",
+        )
+
+
+def _figures(report: dict, folder: Path) -> list[Path]:
+    """Sample efficiency (metric against size) and the Pareto plot (metric against trainable parameters)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    out = []
+    fig, ax = plt.subplots(figsize=(7, 4.4), dpi=110)
+    for name, results in report["results"].items():
+        sizes = [k for k in report["shots"] if str(k) in results]
+        if len(sizes) < 2:
+            continue
+        rows = [results[str(k)] for k in sizes]
+        ax.errorbar(
+            sizes,
+            [r["mean"] for r in rows],
+            yerr=[[r["mean"] - r["ci_low"] for r in rows], [r["ci_high"] - r["mean"] for r in rows]],
+            label=name,
+            marker="o",
+            capsize=3,
+        )
+    ax.set_xscale("log")
+    ax.set_xticks(report["shots"], [str(k) for k in report["shots"]])
+    ax.minorticks_off()
+    ax.set_xlabel(report["shots_label"])
+    ax.set_ylabel(report["metric_label"], fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(folder / "sample_efficiency.png")
+    out.append(folder / "sample_efficiency.png")
+    plt.close(fig)
+
+    size = str(report["shots"][0])
+    fig, ax = plt.subplots(figsize=(7, 4.4), dpi=110)
+    for name, results in report["results"].items():
+        r = results[size]
+        ax.errorbar(
+            [report["params"][name]],
+            [r["mean"]],
+            yerr=[[r["mean"] - r["ci_low"]], [r["ci_high"] - r["mean"]]],
+            marker="o",
+            capsize=3,
+            label=name,
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters")
+    ax.set_ylabel(report["metric_label"], fontsize=8)
+    ax.set_title(f"{size} {report['shots_label']}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(folder / "pareto.png")
+    out.append(folder / "pareto.png")
+    plt.close(fig)
+    return out
+
+
+__all__ = ["PARETO", "SEEDS", "VARIANTS", "run_real_bench", "table"]
