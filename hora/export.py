@@ -8,6 +8,7 @@ LoRA, which loads in stock PEFT with no hora import, wherever LoRA is served.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -18,18 +19,23 @@ from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
 from hora.generator import BlockGenerator
-from hora.geometry import block_index, projection_key
+from hora.geometry import projection_key
 from hora.io import atomic_dir
+from hora.tuners.doran.config import DoranConfig
+from hora.tuners.hora.config import GeneratedFactorsConfig, HoraConfig
 
 
 _MODEL_PREFIX = "base_model.model."
 
 
-def _block_key(config_dict: dict, module_path: str) -> str:
-    if config_dict.get("share_across_layers"):
-        return "all"
-    index = block_index(module_path)
-    return "model" if index is None else f"block{index}"
+def _config(config_dict: dict) -> GeneratedFactorsConfig:
+    """The HoRA / DoRAN config object of a saved ``adapter_config.json`` (its block keys are the tuner's own)."""
+    method = str(config_dict.get("peft_type", "")).upper()
+    classes = {"HORA": HoraConfig, "DORAN": DoranConfig}
+    if method not in classes:
+        raise ValueError(f"Expected a HORA or DORAN adapter, got peft_type {config_dict.get('peft_type')!r}.")
+    names = {f.name for f in dataclasses.fields(classes[method])}
+    return classes[method](**{k: v for k, v in config_dict.items() if k in names and k != "peft_type"})
 
 
 def _read_adapter(model_or_dir: PeftModel | str | os.PathLike, adapter: str) -> tuple[dict, dict]:
@@ -50,11 +56,13 @@ def _read_adapter(model_or_dir: PeftModel | str | os.PathLike, adapter: str) -> 
 
 
 def generated_factors(config: dict, state: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Module path (checkpoint prefix) -> generated (A, B), from a HoRA or DoRAN checkpoint's tensors."""
-    method = str(config.get("peft_type", "")).upper()
-    prefix = {"HORA": "hora_", "DORAN": "doran_"}.get(method)
-    if prefix is None:
-        raise ValueError(f"Expected a HORA or DORAN adapter, got peft_type {config.get('peft_type')!r}.")
+    """Module path (checkpoint prefix) -> generated (A, B), from a HoRA or DoRAN checkpoint's tensors.
+
+    The generators are rebuilt from the checkpoint and asked for the factors exactly as the tuner's layers ask
+    (``BlockGenerator.factors``), each module served by the block the tuner assigns (``config.block_key``).
+    """
+    tuner_config = _config(config)
+    prefix = {"HORA": "hora_", "DORAN": "doran_"}[str(config["peft_type"]).upper()]
     gen_prefix = f"base_model.{prefix}generator.blocks."
     by_block: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
@@ -62,7 +70,7 @@ def generated_factors(config: dict, state: dict[str, torch.Tensor]) -> dict[str,
             block, rest = key[len(gen_prefix) :].split(".", 1)
             by_block.setdefault(block, {})[rest] = value
     generators = {
-        block: BlockGenerator.from_state_dict(tensors, config["hyper_hidden"], config["share_qv"])
+        block: BlockGenerator.from_state_dict(tensors, tuner_config.hyper_hidden, tuner_config.share_qv)
         for block, tensors in by_block.items()
     }
     factors = {}
@@ -72,11 +80,10 @@ def generated_factors(config: dict, state: dict[str, torch.Tensor]) -> dict[str,
                 continue
             module = key[: -len(f".{prefix}A_seed")]
             path = module.removeprefix(_MODEL_PREFIX)
-            generator = generators[_block_key(config, path)]
+            generator = generators[tuner_config.block_key(path)]
             projection = projection_key(path)
             a_seed, b_seed = state[key].float(), state[f"{module}.{prefix}B_seed"].float()
-            A = generator.generate_a(projection, a_seed) if generator.has_a(projection) else a_seed
-            B = generator.generate_b(projection, b_seed, generator.head_dim(projection))
+            A, B = generator.factors(projection, a_seed, b_seed, generator.head_dim(projection))
             factors[module] = (A.contiguous(), B.contiguous())
     return factors
 

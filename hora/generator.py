@@ -91,6 +91,14 @@ class BlockGenerator(nn.Module):
         generated = self.b_out[key](torch.tanh(first(columns)))  # (H, r, hd)
         return generated.transpose(1, 2).reshape(out, r)
 
+    def factors(
+        self, projection: str, a_seed: torch.Tensor, b_seed: torch.Tensor, head_dim: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, B) of one projection from its seeds: A = G_A(Ā) when A is generated (else Ā itself), B = G_B(B̄)
+        head by head. The one place factors are generated: the layers and ``hora.export`` both call it."""
+        A = self.generate_a(projection, a_seed) if self.has_a(projection) else a_seed
+        return A, self.generate_b(projection, b_seed, head_dim)
+
     def has_a(self, projection: str) -> bool:
         return _key(projection) in self.a_out
 

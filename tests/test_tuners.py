@@ -281,3 +281,20 @@ def test_direct_injection_refuses_instead_of_dropping_the_generators():
     """`inject_adapter_in_model` returns the bare model and drops the tuner, where the generators live."""
     with pytest.raises(ValueError, match="shared state"):
         peft.inject_adapter_in_model(MLP_CONFIGS["hora"](), mlp())
+
+
+@pytest.mark.parametrize("method", ["hora", "doran"])
+def test_the_factor_cache_follows_inference_mode_as_lora_does(method):
+    """Factors generated under inference_mode are inference tensors: a later forward whose input needs a gradient
+    (a saliency map) must not reuse them, as PEFT's LoRA, which caches nothing, runs the same sequence."""
+    model = adapted("vit", method, init_weights=False)
+    x = example_inputs("vit")["pixel_values"]
+    with torch.inference_mode():
+        first = model(pixel_values=x).logits
+    pixels = x.clone().requires_grad_(True)
+    logits = model(pixel_values=pixels).logits
+    logits[0, 0].backward()
+    assert pixels.grad is not None and torch.isfinite(pixels.grad).all()
+    torch.testing.assert_close(logits.detach(), first.clone())
+    with torch.inference_mode():  # and the cache still serves inference
+        torch.testing.assert_close(model(pixel_values=x).logits, first)

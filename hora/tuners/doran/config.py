@@ -72,3 +72,6 @@ class DoranConfig(GeneratedFactorsConfig):
 
     def _uses_generator(self) -> bool:
         return self.use_generator
+
+    def block_key(self, module_path: str) -> str:
+        return "all" if self.share_across_layers else super().block_key(module_path)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from hora.tuners.doran.layer import DoranLayer, DoranLinear
 from hora.tuners.hora.model import GeneratedFactorsModel
 
@@ -19,6 +17,3 @@ class DoranModel(GeneratedFactorsModel):
     tuner_layer_cls = DoranLayer
     generator_attr = "doran_generator"
     layer_cls = DoranLinear
-
-    def _block_key(self, config: Any, module_path: str) -> str:
-        return "all" if config.share_across_layers else super()._block_key(config, module_path)

@@ -7,6 +7,7 @@ from typing import Literal
 
 from peft.config import PeftConfig
 
+from hora.geometry import block_index
 from hora.registration import HORA, ExternalPeftType
 
 
@@ -125,6 +126,12 @@ class GeneratedFactorsConfig(PeftConfig):
 
     def _uses_generator(self) -> bool:
         return True  # DoRAN can run with static factors
+
+    def block_key(self, module_path: str) -> str:
+        """Which generator of the bank serves ``module_path``: its block's (``block3``), or ``model`` outside blocks.
+        The tuner and ``hora.export`` both ask here."""
+        index = block_index(module_path)
+        return "model" if index is None else f"block{index}"
 
     def to_dict(self) -> dict:
         """The config as a dict, with ``peft_type`` as the plain name written to ``adapter_config.json``.

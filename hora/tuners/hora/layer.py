@@ -102,12 +102,14 @@ class GeneratedFactorsLayer(BaseTunerLayer):
         params = (a_seed, b_seed, *generator.parameters())
         cacheable = not self.training and not (torch.is_grad_enabled() and any(p.requires_grad for p in params))
         if cacheable:
-            stamp = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
+            # factors made under inference_mode are inference tensors, unusable by autograd afterwards: a cache
+            # entry only serves the mode it was made in (as PEFT's LoRA, which caches nothing, works in both)
+            inference = torch.is_inference_mode_enabled()
+            stamp = (inference, *((p.data_ptr(), p._version, p.dtype) for p in params))
             hit = self._factor_cache.get(adapter)
             if hit is not None and hit[0] == stamp:
                 return hit[1]
-        A = generator.generate_a(projection, a_seed) if generator.has_a(projection) else a_seed
-        B = generator.generate_b(projection, b_seed, self.layouts[adapter].head_dim)
+        A, B = generator.factors(projection, a_seed, b_seed, self.layouts[adapter].head_dim)
         if cacheable:
             self._factor_cache[adapter] = (stamp, (A, B))
         else:

@@ -12,7 +12,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from hora.generator import GeneratorBank
-from hora.geometry import DEFAULT_TARGET_MODULES, block_index, projection_key, resolve_layout
+from hora.geometry import DEFAULT_TARGET_MODULES, projection_key, resolve_layout
 from hora.tuners.hora.layer import GeneratedFactorsLayer, HoraLayer, HoraLinear, in_out_features
 
 
@@ -39,10 +39,6 @@ class GeneratedFactorsModel(BaseTuner):
             self.add_module(self.generator_attr, nn.ModuleDict())
         return self._modules[self.generator_attr]
 
-    def _block_key(self, config: Any, module_path: str) -> str:
-        index = block_index(module_path)
-        return "model" if index is None else f"block{index}"
-
     def _create_and_replace(
         self,
         config: Any,
@@ -64,7 +60,7 @@ class GeneratedFactorsModel(BaseTuner):
             # created here, not in a pre-injection hook: PEFT's add_adapter does not call that hook
             if adapter_name not in self.generator_banks:
                 self.generator_banks[adapter_name] = GeneratorBank(config.hyper_hidden, config.share_qv)
-            generator = self.generator_banks[adapter_name].block(self._block_key(config, current_key))
+            generator = self.generator_banks[adapter_name].block(config.block_key(current_key))
             weight = base.weight
             generator.add_projection(
                 projection,
