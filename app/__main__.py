@@ -18,8 +18,15 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-    from app.main import create_app, launch
+    import atexit
+    import signal
 
+    from app.main import create_app, launch
+    from app.store import delete_session_folders, delete_stale_session_folders
+
+    delete_stale_session_folders()  # what a killed earlier server left behind
+    atexit.register(delete_session_folders)  # visitors' uploads and runs never outlive the server
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a stopped container exits through atexit too
     launch(create_app(), server_name=args.host, server_port=args.port)
 
 

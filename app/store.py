@@ -9,6 +9,7 @@ session (``SessionModels``), never in the shared store.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import threading
@@ -105,7 +106,8 @@ class SessionModels:
     def folder(self) -> Path:
         """This session's private temporary folder (uploads, trained adapters, zips), made on first use."""
         if self.workdir is None or not self.workdir.is_dir():
-            self.workdir = Path(tempfile.mkdtemp(prefix="hora-session-"))
+            self.workdir = Path(tempfile.mkdtemp(prefix=f"{SESSION_PREFIX}{os.getpid()}-"))
+            _LIVE_FOLDERS.add(self.workdir)
         return self.workdir
 
     def close(self) -> None:
@@ -114,7 +116,42 @@ class SessionModels:
             self.cancel.set()
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
+            _LIVE_FOLDERS.discard(self.workdir)
             self.workdir = None
+
+
+SESSION_PREFIX = "hora-session-"  # then the server's pid: folders of a server that is gone are recognised
+_LIVE_FOLDERS: set[Path] = set()
+
+
+def delete_session_folders() -> int:
+    """Delete every session folder this server made (at shutdown); returns how many there were."""
+    folders = list(_LIVE_FOLDERS)
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+    _LIVE_FOLDERS.clear()
+    return len(folders)
+
+
+def delete_stale_session_folders(root: str | os.PathLike | None = None) -> int:
+    """Delete the session folders of servers that no longer run (killed before they could clean up)."""
+    deleted = 0
+    for folder in Path(root or tempfile.gettempdir()).glob(f"{SESSION_PREFIX}*"):
+        pid = folder.name[len(SESSION_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            deleted += 1
+    return deleted
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def get_base(store: ModelStore, session: SessionModels | None, base_name: str) -> Base:
