@@ -1,13 +1,44 @@
-"""What every tab of the explorer is built from: the shared models, the session's state and the bundled files."""
+"""What every tab of the explorer is built from: the shared models, the session's state and the bundled files, and
+what every tab says about them.
+
+What a model is comes from its ``info`` (the builder's ``asset.json``: ``description``, ``kind``, ``data.source``,
+``metrics``, ``config``, ``method_info``, ``trainable_parameters``) or, where that is silent, from the model itself;
+a missing fact is left out and a base with none gets a fallback sentence. No model name is written here.
+
+Example images carry their true label by one naming rule, ``<kind>-<label>-<anything>.<ext>``
+(``digit-7-heldout-0017.png`` is a "digit" whose label is "7"), or by an ``examples.json`` beside them that maps a
+file name to its label; a label that neither the base nor any of its adapters knows is no label.
+
+Also here: the checks of a visitor's data that run before a fine-tune (``problems``), and ``as_sentences``, which
+turns any exception reaching the UI into one readable sentence.
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
+import json
+import os
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from app.store import ModelStore, SessionModels, variants_of
+from app.guard import FairShare, FairShareError, TrainingBudget, pending_jobs, visitor_id
+from app.settings import LIMITS, clamp
+from app.store import Base, ModelStore, SessionModels, Variant, get_base, variants_of
+from hora import analysis
+from hora.data import DataError, detect_task, load_data
+from hora.methods import label as method_label
+from hora.models import labels_of
+from hora.task import data_kind
+
+
+EXAMPLES_MANIFEST = "examples.json"
 
 
 @dataclass
@@ -21,6 +52,55 @@ class Context:
     sample_tasks: dict[str, str] = field(default_factory=dict)
     examples: list[str] = field(default_factory=list)
     passage: str = ""
+    demo: Any = None  # the Blocks: its queue tells who waits in which lane
+    share: FairShare = field(default_factory=lambda: fair_share_limits())
+    budget: TrainingBudget = field(
+        default_factory=lambda: TrainingBudget(LIMITS.max_visitor_train_seconds, LIMITS.train_budget_window)
+    )
+
+
+# Fair sharing (app.guard): every run-starting event joins one lane (its concurrency_id); a visitor may hold a few
+# places in each, and each lane a bounded number of waiting runs, so that one visitor can never starve the others.
+LANES = {"inference": "inference", "training": "training", "loading": "loading"}  # concurrency_id -> lane
+
+
+def fair_share_limits() -> FairShare:
+    """The lanes' limits from ``app.settings`` (their environment variables are in the README)."""
+    return FairShare(
+        per_visitor={
+            "inference": LIMITS.visitor_inference_jobs,
+            "training": LIMITS.visitor_training_jobs,
+            "loading": LIMITS.visitor_loading_jobs,
+        },
+        lane_size={
+            "inference": LIMITS.queue_size,
+            "training": LIMITS.training_queue_size,
+            "loading": LIMITS.loading_queue_size,
+        },
+    )
+
+
+def visitor(request: Any) -> str:
+    """Who is asking: the Space's OAuth user, else a salted hash of the client's address (never the session)."""
+    return visitor_id(request, proxy_hops=LIMITS.proxy_hops)
+
+
+def in_lane(ctx: Context, lane: str, check: Callable[..., Any] | None = None) -> Callable[..., Any]:
+    """An event's validator: its own checks first (each shown on the control at fault), then the visitor's fair
+    share of ``lane``, both before the run joins Gradio's queue (a refused run never takes a place in it)."""
+
+    def validator(request: gr.Request, *inputs: Any) -> Any:
+        results = check(*inputs) if check is not None else [valid() for _ in inputs]
+        if any(isinstance(r, dict) and r.get("is_valid") is False for r in results):
+            return results
+        try:
+            ctx.share.admit_settled(visitor(request), lane, lambda: pending_jobs(ctx.demo._queue, LANES))
+        except FairShareError as refusal:  # shown on the first control that takes a check (Gradio needs one per input)
+            first = next((i for i, r in enumerate(results) if isinstance(r, dict)), 0)
+            return [gr.validate(False, str(refusal)) if i == first else r for i, r in enumerate(results)]
+        return results
+
+    return validator
 
 
 def choices(update: dict) -> dict[str, Any]:
@@ -28,7 +108,353 @@ def choices(update: dict) -> dict[str, Any]:
     return {k: v for k, v in update.items() if k in ("choices", "value")}
 
 
-def variant_choices(store: ModelStore, session: SessionModels | None, base_name: str | None) -> dict:
-    """Every variant of a base, all ticked."""
-    names = list(variants_of(store, session, base_name)) if base_name else []
-    return gr.update(choices=names, value=names)
+def can_generate(variant: Variant) -> bool:
+    """Whether a variant can write text: a causal LM can, a text classifier built on one cannot."""
+    check = getattr(variant.model, "can_generate", None)
+    return bool(check()) if callable(check) else False
+
+
+def variant_choices(
+    store: ModelStore, session: SessionModels | None, base_name: str | None, generators_only: bool = False
+) -> dict:
+    """Every variant of a base, all ticked, each labelled with its method, rank and size (the value stays its
+    name). ``generators_only`` leaves out what cannot generate text (text classifiers trained on a language model)."""
+    variants = variants_of(store, session, base_name) if base_name else {}
+    names = [n for n, v in variants.items() if not generators_only or can_generate(v)]
+    return gr.update(choices=[(short_label(n, variants[n]), n) for n in names], value=names)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What a model is
+
+
+def count(n: float) -> str:
+    """A parameter count people read at a glance: 970, 37.8k, 1.12M."""
+    if n >= 1e6:
+        return f"{n / 1e6:.3g}M"
+    return f"{n / 1e3:.3g}k" if n >= 1e4 else f"{int(n):,}"
+
+
+@dataclass
+class Facts:
+    """What the UI says about one variant: its method, rank r and trained parameters, and how it scored."""
+
+    method: str  # as people read it ("LoRA")
+    rank: int | None
+    params: int | None
+    score: str = ""  # "accuracy 0.78", "loss folio 4.47, modern 4.51" (empty when the card has none)
+    unit: str = ""  # what a loss is measured in
+    training: str = ""  # "150 steps, 10 examples per class"
+
+    @property
+    def metric(self) -> str:
+        """The score for a sentence: "held-out accuracy 0.78", with its unit."""
+        return f"held-out {self.score}" + (f" ({self.unit})" if self.unit else "") if self.score else ""
+
+
+LOSS_UNIT = "nats/token, lower is better"
+
+
+def _score(metrics: dict) -> tuple[str, str]:
+    """(score, unit) of a card's held-out metrics: accuracy, or the loss on each held-out set."""
+    if "accuracy" in metrics:
+        return f"accuracy {metrics['accuracy']:.2f}", ""
+    losses = {k: v["loss"] for k, v in metrics.items() if isinstance(v, dict) and "loss" in v}
+    if losses:
+        return "loss " + ", ".join(f"{k} {v:.2f}" for k, v in losses.items()), LOSS_UNIT
+    return (f"loss {metrics['loss']:.2f}", LOSS_UNIT) if "loss" in metrics else ("", "")
+
+
+def facts(variant: Variant, info: dict | None = None) -> Facts:
+    """Facts of a variant from its ``info`` (or ``info`` given: a base's own card), else from the model."""
+    info = info if info is not None else (variant.info or {})
+    config = info.get("config") or {}
+    rank = analysis.adapter_rank(variant.model)
+    params = info.get("trainable_parameters") or (info.get("method_info") or {}).get("trainable_params")
+    if params is None and rank is not None:
+        params = analysis.adapter_report(variant.model).trainable
+    steps, shots = (info.get("training") or {}).get("steps") or config.get("steps"), config.get("shots")
+    training = ", ".join(
+        t for t in (f"{steps} steps" if steps else "", f"{shots} examples per class" if shots else "") if t
+    )
+    score, unit = _score(info.get("metrics") or {})
+    return Facts(method_label(variant.method), rank, params, score, unit, training)
+
+
+def short_label(name: str, variant: Variant) -> str:
+    """``"LoRA · r=24 · 37.8k"``: a variant's name with its rank and trained parameters, where it has them."""
+    if variant.method == "base":
+        return name
+    f = facts(variant)
+    parts = [name] + ([f"r={f.rank}"] if f.rank is not None else []) + ([count(f.params)] if f.params else [])
+    return " · ".join(parts)
+
+
+def labels_known(base: Base) -> list[str]:
+    """Every class a base or any of its variants answers with, in order (adapters may know more than their base)."""
+    seen: dict[str, None] = dict.fromkeys(labels_of(base.model).values())
+    for variant in base.variants.values():
+        seen.update(dict.fromkeys(labels_of(variant.model).values()))
+    return list(seen)
+
+
+def _class_sentence(base: Base, metrics: dict) -> str:
+    labels = list(labels_of(base.model).values())
+    if not labels:
+        return ""
+    shown = ", ".join(labels[:12]) + (", …" if len(labels) > 12 else "")
+    text = f"It answers with one of {len(labels)} classes ({shown})."
+    per_class = metrics.get("per_class") or {}
+    weak = [c for c, v in per_class.items() if v < 0.5]
+    if weak and not set(weak) & set(labels) and set(weak) <= set(labels_known(base)):
+        text += f" It was never trained on {', '.join(weak)}: the adapters below were trained to recognise them too."
+    elif weak:
+        text += f" Its held-out accuracy is below 50% on {', '.join(weak)}."
+    return text
+
+
+def describe_base(base: Base) -> str:
+    """One or two sentences on what a base model is and what it was trained on, from its ``info``."""
+    info = base.info or {}
+    if info.get("description"):
+        return f"**{base.name}**: {info['description']}"
+    kind = "an image classifier" if base.kind == "image" else "a language model"
+    size = f" with {count(info['parameters'])} parameters" if info.get("parameters") else ""
+    source = (info.get("data") or {}).get("source")
+    text = f"**{base.name}** is {kind}{size}" + (f", trained on {source}." if source else ".")
+    metrics = info.get("metrics") or {}
+    extra = _class_sentence(base, metrics) if base.kind == "image" else ""
+    score, unit = _score(metrics)
+    if not extra and score:
+        extra = f"Its held-out {score}" + (f" ({unit})." if unit else ".")
+    if not source:
+        extra += " It came without a card, so the explorer cannot say what it was trained on."
+    return f"{text} {extra}".strip()
+
+
+def describe_variants(variants: Iterable[tuple[str, Variant]]) -> str:
+    """One line on the adapters: how they were trained, then each one's rank, trained parameters and score."""
+    items = [(name, facts(variant)) for name, variant in variants if variant.method != "base"]
+    if not items:
+        return ""
+    trainings, units = {f.training for _, f in items}, {f.unit for _, f in items if f.unit}
+    head = "Adapters" + (
+        f", each trained {next(iter(trainings))}" if len(trainings) == 1 and "" not in trainings else ""
+    )
+    head += " — rank, trained parameters, held-out score" + (f" ({units.pop()})" if len(units) == 1 else "")
+    parts = []
+    for name, f in items:
+        bits = [f"r={f.rank}" if f.rank is not None else "", f"{count(f.params)}" if f.params else "", f.score]
+        bits += [f.training] if len(trainings) > 1 else []
+        parts.append(f"**{name}** " + ", ".join(b for b in bits if b))
+    return f"{head}: " + "; ".join(parts) + "."
+
+
+def describe(store: ModelStore, session: SessionModels | None, base_name: str | None) -> str:
+    """Markdown: what the base is, then its adapters (for the orientation line of a tab)."""
+    if not base_name:
+        return "No model is loaded."
+    base = get_base(store, session, base_name)
+    return describe_base(base) + "\n\n" + describe_variants(variants_of(store, session, base_name).items())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Example images and their true labels
+
+
+def example_truths(paths: list[str], labels: Iterable[str]) -> dict[str, str | None]:
+    """The true label of each example image (None where neither the manifest nor the naming rule gives a label
+    the model knows); see the module docstring for the rule."""
+    known = set(labels)
+    manifests: dict[Path, dict] = {}
+    truths = {}
+    for path in paths:
+        folder = Path(path).parent
+        if folder not in manifests:
+            file = folder / EXAMPLES_MANIFEST
+            manifests[folder] = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
+        fields = Path(path).stem.split("-")
+        named = manifests[folder].get(Path(path).name, fields[1] if len(fields) > 1 else None)
+        truths[path] = str(named) if named is not None and str(named) in known else None
+    return truths
+
+
+def example_label(path: str, truth: str | None) -> str:
+    """What an example's button says: its kind and true label (``"digit 7"``), else its file name."""
+    stem = Path(path).stem
+    return f"{stem.split('-')[0]} {truth}" if truth is not None else stem
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data a visitor brings (or a bundled sample)
+
+
+def sample_tasks(samples: dict[str, str]) -> dict[str, str]:
+    """The task of each bundled sample (``image``, ``text`` or ``lm``), read once when the app is built."""
+    return {name: detect_task(path) for name, path in samples.items()}
+
+
+DEFAULT_LR = 3e-3  # fine-tuning's learning rate on a base without a recipe
+DEFAULT_STEPS = 60  # and its steps
+
+
+def recipe_of(base: Base | None) -> dict:
+    """How a base's shipped adapters were fine-tuned (its ``info["finetune"]``: steps, batch size, context, the
+    tuned learning rate of each method, its sample); empty for a base without one."""
+    recipe = ((base.info or {}) if base is not None else {}).get("finetune")
+    return recipe if isinstance(recipe, dict) else {}
+
+
+def sample_choices(
+    store: ModelStore, tasks: dict[str, str], session: SessionModels | None, base_name: str | None
+) -> dict:
+    """The bundled samples a base can train on (image data for an image model, text for a language model), with
+    the base's own sample selected when it has one."""
+    base = get_base(store, session, base_name) if base_name else None
+    kind = base.kind if base is not None else None
+    names = [n for n, task in tasks.items() if kind is None or (task == "image") == (kind == "image")]
+    own = recipe_of(base).get("sample")
+    return gr.update(choices=names, value=own if own in names else None)
+
+
+_loaded: dict[tuple, Any] = {}  # (path, size, mtime) -> dataset: a validator's load serves the run after it
+_loaded_lock = threading.Lock()
+
+
+def load_data_cached(path: str) -> Any:
+    """``hora.data.load_data(path)``, remembered for the last few files (uploads are new files, so never stale)."""
+    stat = os.stat(path)
+    key = (path, stat.st_size, stat.st_mtime_ns)
+    with _loaded_lock:
+        if key in _loaded:
+            return _loaded[key]
+    dataset = load_data(path)
+    with _loaded_lock:
+        while len(_loaded) >= 4:
+            _loaded.pop(next(iter(_loaded)))
+        _loaded[key] = dataset
+    return dataset
+
+
+def shots_problem(dataset: Any, shots: int) -> tuple[str | None, str | None]:
+    """(problem with the data, problem with the shots) of a classification dataset, naming the class at fault and
+    the largest number of shots that would work."""
+    counts = Counter(dataset.labels)
+    smallest = min(counts, key=lambda c: (counts[c], c))
+    name, n = dataset.classes[smallest], counts[smallest]
+    if n < 2:
+        return f"Class {name!r} has only {n} example; every class needs at least 2 (one to train, one to test).", None
+    if shots + 1 > n:
+        return None, (
+            f"Your smallest class, {name!r}, has {n} examples: {shots} shots per class need {shots + 1} in every "
+            f"class ({shots} to train, 1 to test). Set Shots to {n - 1} or lower, or add examples."
+        )
+    return None, None
+
+
+def problems(store, samples, session, base_name, upload, sample, methods, shots) -> dict[str, str]:
+    """Everything that would stop a fine-tune before it starts, keyed by the control at fault: ``base``, ``data``
+    (the upload or the sample), ``methods`` (the methods it may train, already filtered) or ``shots``."""
+    found: dict[str, str] = {}
+    if not methods:
+        found["methods"] = "Tick at least one method."
+    if not base_name:
+        return {**found, "base": "Pick a base model."}
+    base = get_base(store, session, base_name)
+    if base.location is None:
+        found["base"] = f"{base_name} was not loaded from a folder, so it cannot be fine-tuned here."
+    elif session is not None and LIMITS.max_session_train_seconds - session.train_seconds <= 0:
+        found["base"] = "This session has used its fine-tuning time. Reload the page for a new session."
+    if not upload and not sample:
+        return {**found, "data": "Upload a dataset (image zip, CSV, JSONL or TXT) or pick a bundled sample."}
+    if not upload and sample not in samples:
+        return {**found, "data": f"No bundled sample {sample!r}; the samples are: {', '.join(samples) or 'none'}."}
+    try:
+        dataset = load_data_cached(upload or samples[sample])
+    except DataError as err:  # the engine's refusals, as they are
+        return {**found, "data": str(err)}
+    kind = data_kind(dataset)
+    if (kind == "image") != (base.kind == "image"):
+        what = "an image classifier" if base.kind == "image" else "a language model"
+        fix = "pick an image base or upload images" if kind == "image" else "pick a language base or upload text"
+        return {**found, "data": f"This is {kind} data but {base_name} is {what}: {fix}."}
+    if kind != "lm":
+        problem = dict(zip(("data", "shots"), shots_problem(dataset, int(clamp(shots, 1, 1000))), strict=True))
+        found.update({k: v for k, v in problem.items() if v})
+    return found
+
+
+def data_controls(samples: dict[str, str], upload: str | None, sample: str | None) -> dict:
+    """Shots per class only matter for classification data: hidden for language-modelling text."""
+    path = upload or samples.get(sample or "")
+    try:
+        task = detect_task(path) if path else None
+    except (DataError, OSError):
+        task = None
+    return gr.update(visible=task != "lm")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Errors as sentences
+
+
+def sentence(action: str, error: BaseException) -> str:
+    """``error`` as one sentence a visitor can read: what failed, and the first line of why."""
+    why = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+    return f"Could not {action}: {why.rstrip('.')}."
+
+
+def as_sentences(action: str) -> Callable[[Callable], Callable]:
+    """Decorate an event handler so that any exception reaching the UI becomes a ``gr.Error`` sentence.
+
+    ``gr.Error`` (already a sentence) passes through. Generators stay generators, since Gradio streams those.
+    """
+
+    def wrap(fn: Callable) -> Callable:
+        if inspect.isgeneratorfunction(fn):
+
+            @functools.wraps(fn)
+            def streaming(*args, **kwargs):
+                try:
+                    yield from fn(*args, **kwargs)
+                except gr.Error:
+                    raise
+                except Exception as error:
+                    raise gr.Error(sentence(action, error)) from error
+
+            return streaming
+
+        @functools.wraps(fn)
+        def plain(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as error:
+                raise gr.Error(sentence(action, error)) from error
+
+        return plain
+
+    return wrap
+
+
+def valid(message: str | None = None) -> dict:
+    """A ``gr.validate`` result: valid when ``message`` is None, else that sentence shown on the component."""
+    return gr.validate(message is None, message or "")
+
+
+def device_description() -> str:
+    """Where fine-tuning runs: the GPU's name, Apple MPS, or the CPU and its cores."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"GPU: {torch.cuda.get_device_name(0)}"
+    mps = getattr(torch.backends, "mps", None)
+    return "Apple GPU (MPS)" if mps and mps.is_available() else f"CPU ({os.cpu_count()} cores)"
+
+
+def base_controls(store: ModelStore, tasks: dict[str, str], session: SessionModels, base_name: str | None) -> tuple:
+    """What a base sets in the tab: its samples (its own selected) and its recipe's steps (60 without one)."""
+    base = get_base(store, session, base_name) if base_name else None
+    steps = int(clamp(recipe_of(base).get("steps", DEFAULT_STEPS), 1, LIMITS.max_train_steps))
+    return sample_choices(store, tasks, session, base_name), gr.update(value=steps)

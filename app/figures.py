@@ -1,227 +1,385 @@
-"""Plotly figures for the explorer. Pure presentation: every number comes from ``hora``'s API."""
+"""Plotly figures for the explorer. Pure presentation: every number comes from ``hora``'s API.
+
+Colours mean one thing each, everywhere: a method always has the colour of ``METHOD_COLOURS`` (every plot of
+every tab), and attention heads take theirs from ``HEAD_COLOURS``, a separate palette. Signed values (ΔW, factors,
+cosine similarity) use a diverging scale centred on 0; values in 0…1 a sequential one. Subplot titles are short
+and wrapped, and grids have at most three columns, so titles do not run into each other on a phone.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from hora.analysis import FactorProjection, LayerSummary
+from hora.analysis import DisplayView, FactorProjection, LayerSummary
 from hora.infer import Prediction, TokenDistribution
 
 
-PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D"]
+# Okabe-Ito colours (distinguishable with colour-blindness), one per method of hora.methods.METHODS.
+METHOD_COLOURS = {
+    "base": "#5F6B7A",
+    "head": "#8C6D31",
+    "full": "#222222",
+    "lora": "#0072B2",
+    "hora": "#D55E00",
+    "dora": "#009E73",
+    "doran": "#CC79A7",
+}
+OTHER_COLOUR = "#7F7F7F"
+# Heads: ColorBrewer Dark2 then Paired, never used for methods.
+HEAD_COLOURS = ["#1B9E77", "#7570B3", "#E7298A", "#66A61E", "#E6AB02", "#A6761D", "#1F78B4", "#B15928", "#6A3D9A"]
+HEAD_SYMBOLS = ["circle", "square", "diamond", "triangle-up"]
+DIVERGING = "RdBu_r"  # red adds, blue takes away, white is 0
+SEQUENTIAL = "Viridis"
+TITLE_FONT = 12
 
 
-def _layout(fig: go.Figure, title: str, height: int) -> go.Figure:
-    fig.update_layout(title=title, height=height, margin=dict(l=40, r=20, t=70, b=40), template="plotly_white")
+def method_colour(method: str | None) -> str:
+    """The colour of a method (``"lora"``) wherever it is drawn."""
+    return METHOD_COLOURS.get(method or "", OTHER_COLOUR)
+
+
+def head_style(head: int) -> tuple[str, str]:
+    """Colour and marker symbol of head ``head``: beyond the palette the symbol changes, so no two heads look alike."""
+    return HEAD_COLOURS[head % len(HEAD_COLOURS)], HEAD_SYMBOLS[(head // len(HEAD_COLOURS)) % len(HEAD_SYMBOLS)]
+
+
+def wrap(text: str, width: int = 16) -> str:
+    """Break ``text`` into lines of about ``width`` characters at spaces (``<br>``), so a subplot title stays
+    within its column."""
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return "<br>".join(lines + [line])
+
+
+def title(label: str, width: int = 14) -> str:
+    """A subplot title from a model's label (``"LoRA · r=24 · 37.8k"``): its name on the first line, the rest below,
+    each wrapped to ``width`` characters so that two or three columns fit a phone."""
+    return "<br>".join(wrap(part, width) for part in label.split(" · ", 1))
+
+
+def _layout(fig: go.Figure, title: str, height: int, top: int = 80) -> go.Figure:
+    text = wrap(title, 48)  # a phone is about 48 characters wide; each extra line takes room from the plots' top
+    lines = text.count("<br>")
+    fig.update_layout(
+        # below the block's own label, which Gradio floats over the plot's top-left corner
+        # (plotly lifts a wrapped title by about half a line per extra line: the pad makes up for it)
+        title=dict(text=text, font=dict(size=15), y=1, yref="container", yanchor="top", pad=dict(t=42 + 11 * lines)),
+        height=height + 32 + 31 * lines,
+        margin=dict(l=60, r=20, t=top + 32 + 31 * lines, b=50),
+        template="plotly_white",
+        font=dict(color="#333333"),
+    )
+    fig.update_annotations(font_size=TITLE_FONT)  # the subplot titles
     return fig
 
 
-def topk_bars(predictions: Mapping[str, Prediction | TokenDistribution], title: str) -> go.Figure:
-    """One horizontal bar chart per model: its top-k labels (or tokens) and probabilities."""
+def _grid(n: int, max_cols: int) -> tuple[int, int]:
+    cols = max(1, min(n, max_cols))
+    return -(-max(n, 1) // cols), cols
+
+
+def topk_bars(
+    predictions: Mapping[str, Prediction | TokenDistribution],
+    title: str,
+    methods: Mapping[str, str] | None = None,
+    subtitles: Mapping[str, str] | None = None,
+) -> go.Figure:
+    """One horizontal bar chart per model (its top-k labels or tokens and their probabilities), three to a row.
+
+    ``methods`` maps a model to its method (for its colour); ``subtitles`` to a second title line (rank, latency).
+    """
     names = list(predictions)
-    fig = make_subplots(rows=1, cols=max(1, len(names)), subplot_titles=[_subtitle(n, predictions[n]) for n in names])
-    for col, name in enumerate(names, start=1):
-        p = predictions[name]
+    rows, cols = _grid(len(names), 3)
+    titles = [wrap(n) + (f"<br>{subtitles[n]}" if subtitles and subtitles.get(n) else "") for n in names]
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.12, vertical_spacing=0.2)
+    for i, name in enumerate(names):
+        p, row, col = predictions[name], i // cols + 1, i % cols + 1
         labels = p.labels if isinstance(p, Prediction) else [repr(t)[1:-1] for t in p.tokens]
         fig.add_trace(
             go.Bar(
                 x=p.probabilities[::-1],
                 y=[f"{label} " for label in labels[::-1]],
                 orientation="h",
-                marker_color=PALETTE[(col - 1) % len(PALETTE)],
+                marker_color=method_colour((methods or {}).get(name)),
                 name=name,
                 text=[f"{v:.2f}" for v in p.probabilities[::-1]],
                 textposition="auto",
+                hovertemplate="%{y}: %{x:.3f}<extra>" + name + "</extra>",
             ),
-            row=1,
+            row=row,
             col=col,
         )
-        fig.update_xaxes(range=[0, 1], row=1, col=col)
+        fig.update_xaxes(range=[0, 1], row=row, col=col, title_text="probability" if row == rows else None)
     fig.update_layout(showlegend=False)
-    return _layout(fig, title, 320)
+    return _layout(fig, title, 230 * rows + 60, top=90)
 
 
-def _subtitle(name: str, p: Prediction | TokenDistribution) -> str:
-    return f"{name} ({p.latency_ms:.1f} ms)" if isinstance(p, Prediction) else name
+def _cells(n: int, m: int) -> list[int]:
+    """Where each of ``m`` displayed cells starts among ``n`` original indices (pooled plots keep real indices)."""
+    return [round(i * n / m) for i in range(m)]
 
 
-def head_heatmaps(deltas: Mapping[str, Sequence], title: str, max_heads: int = 8) -> go.Figure:
-    """Rows = adapters, columns = heads; each cell is ΔW_h (head_dim × in_features), one shared colour scale.
-
-    ``deltas`` maps an adapter name to its (heads, head_dim, in) tensor (or nested lists).
-    """
-    names = list(deltas)
-    heads = min(max_heads, max(len(d) for d in deltas.values()))
-    zmax = max(float(abs(d[:heads]).max()) for d in deltas.values()) or 1.0
+def head_heatmaps(
+    views: Mapping[str, DisplayView], labels: Mapping[str, str], title: str, max_heads: int = 16
+) -> go.Figure:
+    """One row per adapter, one column per head: every ΔW_h on one diverging colour scale shared by all."""
+    names = list(views)
+    heads = min(max_heads, max(len(v.deltas) for v in views.values()))
+    zmax = max(v.delta_max for v in views.values()) or 1.0
     fig = make_subplots(
         rows=len(names),
         cols=heads,
-        subplot_titles=[f"{n} · head {h}" for n in names for h in range(heads)],
-        horizontal_spacing=0.01,
-        vertical_spacing=0.12,
+        subplot_titles=[f"h{h}" if row == 0 else "" for row in range(len(names)) for h in range(heads)],
+        horizontal_spacing=0.008,
+        vertical_spacing=0.1 / max(1, len(names)) + 0.04,
     )
     for row, name in enumerate(names, start=1):
-        for h in range(min(heads, len(deltas[name]))):
+        view = views[name]
+        (hd, inputs), shown = view.delta_shape, view.deltas.shape[1:]
+        for h in range(min(heads, len(view.deltas))):
             fig.add_trace(
                 go.Heatmap(
-                    z=deltas[name][h].tolist(),
+                    z=view.deltas[h].tolist(),
+                    x=_cells(inputs, shown[1]),
+                    y=_cells(hd, shown[0]),
                     zmin=-zmax,
                     zmax=zmax,
-                    colorscale="RdBu",
-                    reversescale=True,
+                    colorscale=DIVERGING,
                     showscale=(row == 1 and h == 0),
-                    colorbar=dict(title="ΔW", len=0.8),
-                    hovertemplate="row %{y}, input %{x}: %{z:.2e}<extra></extra>",
+                    colorbar=dict(title=dict(text="ΔW entry"), len=0.8),
+                    hovertemplate=f"{name}, head {h}<br>row %{{y}}, input %{{x}}: %{{z:.2e}}<extra></extra>",
                 ),
                 row=row,
                 col=h + 1,
             )
+        fig.update_yaxes(title_text=labels.get(name, name), title_font_size=11, row=row, col=1)
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False, autorange="reversed")
-    return _layout(fig, title, 220 * len(names) + 80)
+    fig.update_xaxes(title_text="input features →", title_font_size=11, row=len(names), col=1)
+    return _layout(fig, title, 170 * len(names) + 110)
 
 
-def factor_heatmaps(factors: Mapping[str, object], title: str, max_heads: int = 8) -> go.Figure:
-    """Per adapter: A (r × in, shared by the heads) and every head's B_h (head_dim × r), with their norms."""
-    names = list(factors)
-    heads = min(max_heads, max(f.B.shape[0] for f in factors.values()))
+def factor_heatmaps(
+    views: Mapping[str, DisplayView], labels: Mapping[str, str], title: str, max_heads: int = 16
+) -> go.Figure:
+    """Per adapter (one row): A (r × inputs, shared by the heads) and each head's B_h (rows × r).
+
+    Every factor is drawn on its own symmetric range (its largest |entry|), so the one colour bar reads relative to
+    that; the true values and the norms ‖A‖, ‖B_h‖ are in the hover text and the row label.
+    """
+    names = list(views)
+    heads = min(max_heads, max(v.B.shape[0] for v in views.values()))
     fig = make_subplots(
         rows=len(names),
         cols=heads + 1,
         column_widths=[3.0] + [1.0] * heads,
         subplot_titles=[
             t
-            for n in names
-            for t in [f"{n} · A (‖A‖={float(factors[n].A[0].norm()):.2f})"]
-            + [f"B{h} (‖·‖={float(factors[n].B[h].norm()):.2f})" for h in range(heads)]
+            for row in range(len(names))
+            for t in (["A"] + [f"B{h}" for h in range(heads)] if row == 0 else [""] * (heads + 1))
         ],
-        horizontal_spacing=0.01,
-        vertical_spacing=0.14,
+        horizontal_spacing=0.008,
+        vertical_spacing=0.1 / max(1, len(names)) + 0.04,
     )
     for row, name in enumerate(names, start=1):
-        f = factors[name]
-        amax = float(abs(f.A[0]).max()) or 1.0
-        bmax = float(abs(f.B).max()) or 1.0
+        v = views[name]
+        amax, bmax = v.a_max or 1.0, v.b_max or 1.0
         fig.add_trace(
             go.Heatmap(
-                z=f.A[0].tolist(), zmid=0, zmin=-amax, zmax=amax, colorscale="RdBu", reversescale=True, showscale=False
+                z=v.A.tolist(),
+                zmin=-amax,
+                zmax=amax,
+                colorscale=DIVERGING,
+                showscale=row == 1,
+                colorbar=dict(
+                    title=dict(text="relative to the<br>factor's largest<br>|entry|"),
+                    tickvals=[-amax, 0, amax],
+                    ticktext=["−max", "0", "+max"],
+                    len=0.8,
+                ),
+                hovertemplate=f"{name} A (‖A‖={v.a_norm:.2f})<br>rank %{{y}}, input %{{x}}: "
+                + "%{z:.2e}<extra></extra>",
             ),
             row=row,
             col=1,
         )
-        for h in range(min(heads, f.B.shape[0])):
+        for h in range(min(heads, v.B.shape[0])):
             fig.add_trace(
                 go.Heatmap(
-                    z=f.B[h].tolist(), zmin=-bmax, zmax=bmax, colorscale="RdBu", reversescale=True, showscale=False
+                    z=v.B[h].tolist(),
+                    zmin=-bmax,
+                    zmax=bmax,
+                    colorscale=DIVERGING,
+                    showscale=False,
+                    hovertemplate=f"{name} B{h} (‖B{h}‖={v.b_norms[h]:.2f})<br>row %{{y}}, rank %{{x}}: %{{z:.2e}}"
+                    "<extra></extra>",
                 ),
                 row=row,
                 col=h + 2,
             )
+        fig.update_yaxes(
+            title_text=f"{labels.get(name, name)}<br>‖A‖={v.a_norm:.2f}", title_font_size=11, row=row, col=1
+        )
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False, autorange="reversed")
-    return _layout(fig, title, 220 * len(names) + 80)
+    fig.update_xaxes(title_text="A: inputs →", title_font_size=11, row=len(names), col=1)
+    fig.update_xaxes(title_text="r", title_font_size=11, row=len(names), col=2)
+    return _layout(fig, title, 170 * len(names) + 110)
 
 
-def similarity_heatmaps(similarities: Mapping[str, object], metric: str) -> go.Figure:
-    """One heads × heads matrix per adapter."""
+def similarity_heatmaps(similarities: Mapping[str, object], labels: Mapping[str, str], metric: str) -> go.Figure:
+    """One heads × heads matrix per adapter, two to a row: a diverging scale for cosine (−1…1), a sequential one
+    for subspace overlap and CKA (0…1)."""
     names = list(similarities)
-    low = -1.0 if metric == "cosine" else 0.0
-    fig = make_subplots(rows=1, cols=max(1, len(names)), subplot_titles=names, horizontal_spacing=0.06)
-    for col, name in enumerate(names, start=1):
-        sim = similarities[name]
+    signed = metric == "cosine"
+    rows, cols = _grid(len(names), 2)
+    fig = make_subplots(
+        rows=rows,
+        cols=cols,
+        subplot_titles=[title(labels.get(n, n)) for n in names],
+        horizontal_spacing=0.14,
+        vertical_spacing=0.18,
+    )
+    for i, name in enumerate(names):
+        sim = similarities[name].tolist()
+        few = len(sim) <= 6  # numbers in the cells only while they fit
         fig.add_trace(
             go.Heatmap(
-                z=sim.tolist(),
-                zmin=low,
+                z=sim,
+                zmin=-1.0 if signed else 0.0,
                 zmax=1.0,
-                colorscale="Viridis",
-                showscale=(col == 1),
-                text=[[f"{v:.2f}" for v in row] for row in sim.tolist()],
-                texttemplate="%{text}",
-                hovertemplate="head %{y} vs head %{x}: %{z:.3f}<extra></extra>",
+                zmid=0.0 if signed else None,
+                colorscale=DIVERGING if signed else SEQUENTIAL,
+                showscale=(i == 0),
+                colorbar=dict(title=dict(text=metric)),
+                text=[[f"{v:.2f}" for v in row] for row in sim] if few else None,
+                texttemplate="%{text}" if few else None,
+                hovertemplate="head %{y} vs head %{x}: %{z:.3f}<extra>" + name + "</extra>",
             ),
-            row=1,
-            col=col,
+            row=i // cols + 1,
+            col=i % cols + 1,
         )
-    fig.update_yaxes(autorange="reversed")
-    return _layout(fig, f"Cross-head similarity ({metric})", 360)
+    fig.update_xaxes(title_text="head", dtick=1)
+    fig.update_yaxes(dtick=1, autorange="reversed")
+    fig.update_yaxes(title_text="head", col=1)  # first column only: between two plots it would run into the left one
+    return _layout(fig, f"Cross-head similarity ({metric})", 330 * rows + 60, top=90)
 
 
-def layer_summary_lines(summaries: Mapping[str, list[LayerSummary]], metric: str) -> go.Figure:
-    """Per layer: mean off-diagonal head similarity and mean effective rank of ΔW_h, one line per adapter."""
-    fig = make_subplots(
-        rows=1, cols=2, subplot_titles=[f"mean off-diagonal similarity ({metric})", "mean effective rank of ΔW_h"]
+def layer_summary_lines(
+    summaries: Mapping[str, list[LayerSummary]],
+    metric: str,
+    labels: Mapping[str, str],
+    methods: Mapping[str, str],
+    bounds: Mapping[str, int | None],
+) -> go.Figure:
+    """Per layer: mean off-diagonal head similarity and mean effective rank of ΔW_h, one line per adapter.
+
+    ``bounds`` maps an adapter to the rank r its effective rank cannot exceed (LoRA, HoRA), or None where ΔW is not
+    low-rank (DoRA and DoRAN rescale W0 itself); each bound is drawn as a dotted line in the adapter's colour.
+    """
+    fig = make_subplots(  # one above the other: side by side, their titles and axes collide on a phone
+        rows=2,
+        cols=1,
+        subplot_titles=[f"mean similarity between heads ({metric})", "mean effective rank of ΔW_h"],
+        vertical_spacing=0.16,
     )
-    for i, (name, rows) in enumerate(summaries.items()):
-        color = PALETTE[i % len(PALETTE)]
+    seen: set[str] = set()
+    for name, rows in summaries.items():
+        method = methods.get(name)
+        colour, dash = method_colour(method), "dash" if method in seen else "solid"
+        seen.add(method or "")
         layers = [r.layer for r in rows]
+        style = dict(mode="lines+markers", line=dict(color=colour, dash=dash))
         fig.add_trace(
-            go.Scatter(
-                x=layers,
-                y=[r.mean_offdiag_similarity for r in rows],
-                name=name,
-                mode="lines+markers",
-                line_color=color,
-            ),
+            go.Scatter(x=layers, y=[r.mean_offdiag_similarity for r in rows], name=labels.get(name, name), **style),
             row=1,
             col=1,
         )
         ranks = [sum(r.effective_ranks) / len(r.effective_ranks) for r in rows]
-        fig.add_trace(
-            go.Scatter(x=layers, y=ranks, name=name, mode="lines+markers", line_color=color, showlegend=False),
-            row=1,
-            col=2,
-        )
-    fig.update_xaxes(title_text="layer", dtick=1)
-    return _layout(fig, "Per-layer summary", 340)
+        fig.add_trace(go.Scatter(x=layers, y=ranks, name=name, showlegend=False, **style), row=2, col=1)
+        if bounds.get(name) is not None and layers:
+            fig.add_trace(
+                go.Scatter(
+                    x=[layers[0], layers[-1]],
+                    y=[bounds[name]] * 2,
+                    mode="lines",
+                    line=dict(color=colour, dash="dot", width=1),
+                    name=f"r={bounds[name]} ({name})",
+                    hovertemplate=f"{name}: r = {bounds[name]}, the most its effective rank can be<extra></extra>",
+                ),
+                row=2,
+                col=1,
+            )
+    few = max((len(rows) for rows in summaries.values()), default=0) <= 12
+    fig.update_xaxes(title_text="layer", dtick=1 if few else None)  # whole layers only (30 layers: every fifth or so)
+    fig.update_yaxes(title_text=metric, row=1, col=1)
+    fig.update_yaxes(title_text="directions", rangemode="tozero", row=2, col=1)
+    fig.update_layout(legend=dict(orientation="h", y=-0.15))
+    return _layout(fig, "Per-layer summary", 620)
 
 
-def factor_scatter(projections: Mapping[str, FactorProjection]) -> go.Figure:
-    """2-D PCA of every head's B columns, one panel per adapter, coloured by head."""
+def factor_scatter(projections: Mapping[str, FactorProjection], labels: Mapping[str, str]) -> go.Figure:
+    """2-D PCA of every head's B columns, one panel per adapter (two to a row), heads in the head palette."""
     names = list(projections)
-    fig = make_subplots(
-        rows=1,
-        cols=max(1, len(names)),
-        subplot_titles=[
-            f"{n} (PC1+PC2: {100 * sum(projections[n].explained_variance):.0f}% of variance)" for n in names
-        ],
-    )
-    for col, name in enumerate(names, start=1):
+    rows, cols = _grid(len(names), 2)
+    titles = [
+        f"{title(labels.get(n, n))}<br>PC1+2: {100 * sum(projections[n].explained_variance):.0f}%" for n in names
+    ]
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.12, vertical_spacing=0.2)
+    for i, name in enumerate(names):
         p = projections[name]
         points = p.points.tolist()
         for head in sorted(set(p.head)):
-            idx = [i for i, h in enumerate(p.head) if h == head]
+            idx = [j for j, h in enumerate(p.head) if h == head]
+            colour, symbol = head_style(head)
             fig.add_trace(
                 go.Scatter(
-                    x=[points[i][0] for i in idx],
-                    y=[points[i][1] for i in idx],
+                    x=[points[j][0] for j in idx],
+                    y=[points[j][1] for j in idx],
                     mode="markers",
-                    marker=dict(size=9, color=PALETTE[head % len(PALETTE)]),
+                    marker=dict(size=8, color=colour, symbol=symbol),
                     name=f"head {head}",
                     legendgroup=f"head {head}",
-                    showlegend=(col == 1),
-                    text=[f"head {head}, column {p.rank_index[i]}" for i in idx],
+                    showlegend=(i == 0),
+                    text=[f"{name}: head {head}, column {p.rank_index[j]}" for j in idx],
                     hoverinfo="text",
                 ),
-                row=1,
-                col=col,
+                row=i // cols + 1,
+                col=i % cols + 1,
             )
-    return _layout(fig, "What the generator produces: PCA of per-head B columns", 380)
+    fig.update_xaxes(title_text="PC1")
+    fig.update_yaxes(title_text="PC2", col=1)
+    return _layout(fig, "What the generator produces: PCA of per-head B columns", 340 * rows + 70, top=110)
 
 
-def training_curves(histories: Mapping[str, Mapping[str, list]], metric: str) -> go.Figure:
-    """Loss (left) and the evaluation metric (right) per method as training streams in.
+def training_curves(
+    histories: Mapping[str, Mapping[str, list]],
+    metric: str,
+    methods: Mapping[str, str] | None = None,
+    metric_title: str | None = None,
+    chance: float | None = None,
+) -> go.Figure:
+    """Training loss (left) and the held-out metric (right) per method as training streams in.
 
-    ``histories`` maps a method to ``{"step": [...], "loss": [...], "eval_step": [...], metric: [...]}``.
+    ``histories`` maps a method's name to ``{"step": [...], "loss": [...], "eval_step": [...], metric: [...]}``;
+    ``chance`` draws the accuracy a guess would get as a dashed line.
     """
-    fig = make_subplots(rows=1, cols=2, subplot_titles=["training loss", f"held-out {metric}"])
-    for i, (name, h) in enumerate(histories.items()):
-        color = PALETTE[i % len(PALETTE)]
+    right = metric_title or f"held-out {metric}"
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=["training loss (nats)", wrap(right, 34)], horizontal_spacing=0.14
+    )
+    for name, h in histories.items():
+        colour = method_colour((methods or {}).get(name))
         fig.add_trace(
-            go.Scatter(x=h.get("step", []), y=h.get("loss", []), name=name, mode="lines", line_color=color),
+            go.Scatter(x=h.get("step", []), y=h.get("loss", []), name=name, mode="lines", line_color=colour),
             row=1,
             col=1,
         )
@@ -231,11 +389,35 @@ def training_curves(histories: Mapping[str, Mapping[str, list]], metric: str) ->
                 y=h.get(metric, []),
                 name=name,
                 mode="lines+markers",
-                line_color=color,
+                line_color=colour,
                 showlegend=False,
             ),
             row=1,
             col=2,
         )
+    if chance is not None:
+        fig.add_hline(y=chance, line=dict(color="#555555", dash="dash", width=1), row=1, col=2)
+        fig.add_annotation(
+            text=f"chance {chance:.2f}",
+            x=1,
+            xref="x2 domain",
+            y=chance,
+            yref="y2",
+            showarrow=False,
+            xanchor="right",
+            yanchor="bottom",
+            font=dict(size=11, color="#444444"),
+        )
     fig.update_xaxes(title_text="step")
-    return _layout(fig, "Fine-tuning", 340)
+    fig.update_yaxes(title_text="loss (nats)", row=1, col=1)
+    fig.update_yaxes(title_text=metric, row=1, col=2)
+    return _layout(fig, "Fine-tuning", 360)
+
+
+def placeholder(message: str) -> go.Figure:
+    """An empty figure that says why it is empty (instead of a blank box)."""
+    fig = go.Figure()
+    fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper", font=dict(size=14))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return _layout(fig, "", 200, top=20)

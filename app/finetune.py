@@ -1,18 +1,21 @@
 """Fine-tune tab: short few-shot runs of several methods on uploaded data, streamed live.
 
-Training is ``hora.jobs.train_in_turn`` (``hora.train.train`` in a worker thread, one method after the other),
-so this handler can be a generator (Gradio can only cancel generators) that streams curves. The Stop button
-cancels the generator and sets the job's cancel flag, so the run ends between two steps and keeps what it trained.
+Training is ``hora.jobs.train_in_turn`` (``hora.train.train`` in a worker thread, one method after the other), so
+this handler is a generator that streams curves. Stop only sets the session's cancel flag: the worker stops between
+two steps and keeps what it trained, and the generator yields the final table, the zips and how every method ended
+(never a Gradio ``cancels=``, which would kill the generator before its last yield).
+
+Data problems (no data, the wrong kind for the base, more shots than the smallest class allows) are found by the
+event's validator before anything trains, and shown on the control at fault.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -20,229 +23,332 @@ import gradio as gr
 
 from app import figures
 from app.compare import CompareTab
-from app.context import Context, choices
+from app.context import (
+    DEFAULT_LR,
+    Context,
+    as_sentences,
+    base_controls,
+    choices,
+    data_controls,
+    describe,
+    device_description,
+    in_lane,
+    load_data_cached,
+    problems,
+    recipe_of,
+    sample_choices,
+    valid,
+    variant_choices,
+    visitor,
+)
+from app.guard import FairShareError, TrainingBudget
 from app.heads import HeadsTab, options
 from app.settings import LIMITS, clamp
-from app.store import ModelStore, SessionModels, Variant, base_names, get_base, variants_of
+from app.store import ModelStore, SessionModels, Variant, base_names, get_base
 from hora.config import TrainConfig
-from hora.data import DataError, detect_task, load_data
+from hora.data import DataError
 from hora.jobs import train_in_turn
 from hora.methods import METHODS, label
 from hora.task import data_kind
 
 
 METHOD_CHOICES = [name for name in METHODS if name != "full"]  # full fine-tuning is no few-shot demo
+COLUMNS = ["method", "rank r", "trainable params", "steps", "held-out score", "seconds", "how it ended"]
+ENDINGS = {
+    "completed": "finished",
+    "cancelled": "stopped by you",
+    "early_stopping": "stopped early (no better held-out score)",
+    "non_finite": "stopped: the loss became NaN or infinite",
+}
 
 try:  # on a ZeroGPU Space, training runs under spaces.GPU; elsewhere this decorator is not installed
     import spaces
 
     gpu = spaces.GPU(duration=LIMITS.max_train_seconds + 60)
-except ImportError:  # noqa: SIM105 - plain local / Docker runs
-
-    def gpu(fn):
-        return fn
+except ImportError:  # plain local / Docker runs
+    gpu = lambda fn: fn  # noqa: E731
 
 
-def device_description() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return f"GPU: {torch.cuda.get_device_name(0)}"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "Apple GPU (MPS)"
-    return f"CPU ({os.cpu_count()} cores)"
+# ---------------------------------------------------------------------------------------------------------------
+# Checks before anything trains
 
 
-def sample_tasks(samples: dict[str, str]) -> dict[str, str]:
-    """The task of each bundled sample (``image``, ``text`` or ``lm``), read once when the app is built."""
-    return {name: detect_task(path) for name, path in samples.items()}
+def check_run(store, samples, session, base_name, upload, sample, methods, rank, steps, lr, shots, seed) -> list:
+    """Validator of Start: each problem on the control at fault (the data's on the upload, or the sample)."""
+    methods = [m for m in (methods or []) if m in METHOD_CHOICES]
+    found = problems(store, samples, session, base_name, upload, sample, methods, shots)
+    data = found.get("data")
+    problem = [found.get("base"), data if upload else None, None if upload else data, found.get("methods")]
+    return [None] + [valid(p) for p in problem] + [valid()] * 3 + [valid(found.get("shots")), valid()]
 
 
-def sample_choices(
-    store: ModelStore, tasks: dict[str, str], session: SessionModels | None, base_name: str | None
-) -> dict:
-    """The bundled samples a base can train on: image data for an image model, text for a language model."""
-    kind = get_base(store, session, base_name).kind if base_name else None
-    names = [n for n, task in tasks.items() if kind is None or (task == "image") == (kind == "image")]
-    return gr.update(choices=names, value=None)
+# ---------------------------------------------------------------------------------------------------------------
+# The run
 
 
-def _data_path(upload: str | None, sample: str | None, samples: dict[str, str]) -> str:
-    if upload:
-        return upload
-    if sample:
-        if sample not in samples:
-            raise gr.Error(f"No bundled sample {sample!r}; the samples are: {', '.join(samples) or 'none'}.")
-        return samples[sample]
-    raise gr.Error("Upload a dataset (image zip, CSV, JSONL or TXT) or pick a bundled sample.")
+@dataclass
+class _Job:
+    """What one Start accumulates while it streams."""
+
+    methods: list[str]
+    steps: int
+    kind: str  # of the data: "image", "text" or "lm"
+    chance: float | None  # accuracy of a guess, for classification
+    folder: Path
+    budget: float
+    started: float = field(default_factory=time.monotonic)
+    names: dict = field(default_factory=dict)  # method -> what the curves' legend calls it ("LoRA r=8")
+    histories: dict = field(default_factory=dict)
+    files: list = field(default_factory=list)
+    failures: dict = field(default_factory=dict)
+
+    @property
+    def metric(self) -> str:
+        return "loss" if self.kind == "lm" else "accuracy"
 
 
-def _rows(session: SessionModels) -> list[list]:
+def _metric_header(job: _Job) -> str:
+    if job.kind == "lm":
+        return "held-out loss (nats/token, lower is better)"
+    return f"held-out accuracy (chance {job.chance:.2f})" if job.chance else "held-out accuracy"
+
+
+def _table(session: SessionModels, job: _Job):
+    import pandas as pd
+
+    columns = [_metric_header(job) if c == "held-out score" else c for c in COLUMNS]
     rows = []
     for method, result in session.runs.items():
-        metric = result.metrics["metric"]
-        final = result.final.get(metric)
+        info, final = result.metrics["method_info"], result.final.get(result.metrics["metric"])
+        rank = (info.get("peft_config") or {}).get("r")
+        ending = ENDINGS.get(result.stopped, result.stopped)
+        if result.stopped == "cancelled" and time.monotonic() - job.started >= job.budget:
+            ending = "stopped at the time limit"
+        final = None if final is None else round(final, 4)
+        seconds = round(result.metrics["timing"]["total_seconds"], 1)
         rows.append(
-            [
-                label(method),
-                result.metrics["method_info"]["trainable_params"],
-                result.metrics["steps_done"],
-                None if final is None else round(final, 4),
-                round(result.metrics["timing"]["total_seconds"], 1),
-                result.stopped,
-            ]
+            [label(method), rank or "—", info["trainable_params"], result.metrics["steps_done"], final, seconds]
         )
-    return rows
+        rows[-1].append(ending)
+    return pd.DataFrame(rows, columns=columns)
 
 
-def _zip(out_dir: Path, where: Path) -> str:
-    return shutil.make_archive(str(where / out_dir.name), "zip", root_dir=out_dir)
+def _curves(job: _Job):
+    title = _metric_header(job)
+    methods = {job.names.get(m, label(m)): m for m in job.methods}
+    return figures.training_curves(job.histories, job.metric, methods, title, job.chance)
 
 
-def _configs(methods: list[str], kind: str, rank: float, steps: int, lr: float, shots: float, seed: float) -> list:
-    """One engine config per method, from the tab's controls (clamped to the app's limits)."""
-    return [
-        TrainConfig(
-            method=method,
-            r=int(clamp(rank, 1, 64)),
-            steps=steps,
-            lr=clamp(lr, 1e-6, 1.0),
-            shots=int(clamp(shots, 1, 1000)) if kind != "lm" else None,
-            seed=int(seed or 0),
-            eval_every=max(1, steps // 10),
-            batch_size=16,
-        )
-        for method in methods
-    ]
-
-
-def _checked_data(base_name: str, base_kind: str, path: str):
-    try:
-        dataset = load_data(path)
-    except DataError as err:  # the engine's refusals, shown as they are
-        raise gr.Error(str(err)) from err
-    kind = data_kind(dataset)
-    if (kind == "image") != (base_kind == "image"):
-        what = "n image" if base_kind == "image" else " language"
-        raise gr.Error(f"This is {kind} data but {base_name} is a{what} model.")
-    return dataset, kind
-
-
-def _apply(
-    update, session: SessionModels, histories: dict, metric: str, files: list, folder: Path, total: int, progress
-):
-    """Record one update of the job (a step, a finished run, or a failure); returns (status, files)."""
-    name = label(update.method)
+def _apply(update, session: SessionModels, job: _Job, cancel: threading.Event, progress) -> str:
+    """Record one update of the job (a step, a finished run, or a failure); returns the status line."""
+    name = job.names.get(update.method, label(update.method))
     if update.error is not None:
-        raise gr.Error(f"{name} failed: {update.error}")
-    history = histories.setdefault(name, {"step": [], "loss": [], "eval_step": [], metric: []})
+        if isinstance(update.error, DataError):  # the data, not the method: no other method can use it either
+            cancel.set()
+            job.failures[update.method] = f"the data cannot be used: {update.error}"
+        else:
+            job.failures[update.method] = f"{label(update.method)} failed: {update.error}"
+        return job.failures[update.method]
     if update.result is not None:
         session.runs[update.method] = update.result
-        return update.result.message, files + [_zip(update.result.out_dir, folder)]
+        history, final = job.histories.get(name), update.result.final.get(job.metric)
+        done = update.result.metrics["steps_done"]
+        if history is not None and final is not None and history["eval_step"][-1:] != [done]:
+            history["eval_step"].append(done)  # the final evaluation: a stopped run's curve ends where it stopped
+            history[job.metric].append(final)
+        job.files.append(
+            shutil.make_archive(str(job.folder / update.result.out_dir.name), "zip", update.result.out_dir)
+        )
+        return update.result.message
     event = update.event
+    history = job.histories.setdefault(name, {"step": [], "loss": [], "eval_step": [], job.metric: []})
     history["step"].append(event.step)
     history["loss"].append(event.loss)
     if event.metrics is not None:
         history["eval_step"].append(event.step)
-        history[metric].append(event.metrics[metric])
-    done = (update.index + update.progress) / total
+        history[job.metric].append(event.metrics[job.metric])
+    done = (update.index + update.progress) / len(job.methods)
     progress(done, desc=f"{name} step {event.step}/{event.total_steps}")
-    status = (
-        f"**{name}** step {event.step}/{event.total_steps} · loss {event.loss:.4f} · "
+    stopping = "Stopping after the current step… " if cancel.is_set() else ""
+    return (
+        f"{stopping}**{name}** step {event.step}/{event.total_steps} · loss {event.loss:.4f} nats · "
         f"{event.step_time * 1000:.0f} ms/step on {event.device} · overall {100 * done:.0f}%"
     )
-    return status, files
+
+
+def _summary(session: SessionModels, job: _Job) -> str:
+    """The last status: how each method's run ended, in order."""
+    lines, stopped = [], False
+    for method in job.methods:
+        result, name = session.runs.get(method), label(method)
+        if method in job.failures:
+            lines.append(job.failures[method])
+        elif result is None:
+            lines.append(f"{name}: not started.")
+            stopped = True
+        elif result.stopped == "completed":
+            lines.append(f"{name}: all {job.steps} steps.")
+        else:
+            stopped |= result.stopped == "cancelled"
+            ending = ENDINGS.get(result.stopped, result.stopped)
+            lines.append(f"{name}: {ending} after {result.metrics['steps_done']} of {job.steps} steps.")
+    head = "Stopped: the table and the downloads keep what was trained." if stopped else "Done."
+    if session.runs:
+        head += " Use the adapters in Compare and Heads with the button below, or download them."
+    return head + "\n\n" + " ".join(lines)
+
+
+def _idle() -> tuple[dict, dict]:  # Start on, Stop off
+    return gr.update(interactive=True), gr.update(interactive=False)
 
 
 @gpu
+@as_sentences("fine-tune")
 def run(
     store: ModelStore,
     samples: dict[str, str],
     session: SessionModels,
     base_name: str,
-    upload: str | None,
-    sample: str | None,
-    methods: list[str],
-    rank: float,
-    steps: float,
-    lr: float,
-    shots: float,
-    seed: float,
+    upload: str | None = None,
+    sample: str | None = None,
+    methods: list[str] | None = None,
+    rank: float = 8,
+    steps: float = 60,
+    lr: float | None = None,
+    shots: float = 8,
+    seed: float = 0,
     progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio injects the progress tracker
+    request: gr.Request = None,
+    *,
+    budget: TrainingBudget | None = None,
 ) -> Iterator[tuple]:
-    """Train each chosen method in turn; yields (status, curves, table, files, session) as it goes."""
-    if not base_name:
-        raise gr.Error("Pick a base model.")
-    methods = [m for m in (methods or []) if m in METHOD_CHOICES]
-    if not methods:
-        raise gr.Error("Tick at least one method.")
-    base = get_base(store, session, base_name)
-    if base.location is None:
-        raise gr.Error(f"{base_name} was not loaded from a folder, so it cannot be fine-tuned here.")
-    left = LIMITS.max_session_train_seconds - session.train_seconds
-    if left <= 0:
-        raise gr.Error("This session has used its fine-tuning time. Reload the page for a new session.")
-    steps = int(clamp(steps, 1, LIMITS.max_train_steps))
-    dataset, kind = _checked_data(base_name, base.kind, _data_path(upload, sample, samples))
+    """Train each chosen method in turn; yields (status, curves, table, files, session, Start, Stop, stop note).
 
+    ``upload`` (a file) or ``sample`` (a bundled sample's name) is the data; one of them is needed. ``budget`` holds
+    every visitor's fine-tuning seconds (by visitor, not by session: a new session does not reset it).
+    """
+    methods = [m for m in (methods or []) if m in METHOD_CHOICES]
+    found = problems(store, samples, session, base_name, upload, sample, methods, shots)
+    if found:
+        raise gr.Error(" ".join(found.values()))
+    dataset = load_data_cached(upload or samples[sample])
+    kind = data_kind(dataset)
+    steps = int(clamp(steps, 1, LIMITS.max_train_steps))
+    classes = getattr(dataset, "classes", None)
+    who = visitor(request) if request is not None else "local"
+    try:
+        left = budget.check(who) if budget is not None else float(LIMITS.max_train_seconds)
+    except FairShareError as spent:
+        raise gr.Error(str(spent)) from spent
+    seconds = min(LIMITS.max_train_seconds, left)
+    job = _Job(methods, steps, kind, 1 / len(classes) if classes else None, session.folder(), seconds)
+    r = int(clamp(rank, 1, 64))
+    job.names = {m: label(m) + (f" r={r}" if METHODS[m].low_rank else "") for m in methods}
     session.runs, session.run_base = {}, base_name
-    histories: dict[str, dict[str, list]] = {}
-    metric = "loss" if kind == "lm" else "accuracy"
     cancel = session.cancel = threading.Event()
-    folder = session.folder()
-    files: list[str] = []
-    started = time.monotonic()
-    job = train_in_turn(
-        base.location,
+    busy = (gr.update(interactive=False), gr.update(interactive=True))  # once: redrawn every step, Stop is unclickable
+    note = " (labelled text: the language model gets a classification head)" if kind == "text" else ""
+    yield f"Starting{note}…", _curves(job), _table(session, job), [], session, *busy, ""
+    updates = train_in_turn(
+        get_base(store, session, base_name).location,
         dataset,
-        _configs(methods, kind, rank, steps, lr, shots, seed),
-        out_root=folder,
+        _configs(methods, kind, rank, steps, lr, shots, seed, recipe_of(get_base(store, session, base_name))),
+        out_root=job.folder,
         cancel=cancel,
-        budget_seconds=min(LIMITS.max_train_seconds, left),
+        budget_seconds=seconds,
         data_source=Path(upload).name if upload else sample,
     )
     try:
-        for update in job:
-            status, files = _apply(update, session, histories, metric, files, folder, len(methods), progress)
-            yield status, figures.training_curves(histories, metric), _rows(session), files, session
+        for update in updates:
+            status = _apply(update, session, job, cancel, progress)
+            yield status, _curves(job), _table(session, job), job.files, session, gr.skip(), gr.skip(), gr.skip()
     finally:
-        job.close()  # also reached when Gradio cancels this generator (Stop): the worker stops between steps
-        session.train_seconds += time.monotonic() - started
-    complete = len(session.runs) == len(methods) and all(r.stopped != "cancelled" for r in session.runs.values())
-    summary = "Done." if complete else "Stopped: the table shows what was trained."
-    yield (
-        f"{summary} Use the adapters in Compare and Heads with the button below, or download them.",
-        figures.training_curves(histories, metric),
-        _rows(session),
-        files,
-        session,
-    )
+        updates.close()  # also reached if the generator is closed early: the worker stops between steps
+        session.train_seconds += time.monotonic() - job.started
+        if budget is not None:
+            budget.charge(who, time.monotonic() - job.started)  # finished, failed or stopped: the time was used
+    if job.failures and not session.runs:
+        raise gr.Error(" ".join(job.failures.values()))
+    yield _summary(session, job), _curves(job), _table(session, job), job.files, session, *_idle(), gr.skip()
 
 
-def stop(session: SessionModels) -> str:
-    """Stop the running fine-tune of this session (the run keeps what it trained)."""
-    if session.cancel is not None:
+def _configs(
+    methods: list[str], kind: str, rank: float, steps: int, lr: float | None, shots: float, seed: float, recipe: dict
+) -> list:
+    """One engine config per method, from the tab's controls (clamped to the app's limits) and the base's recipe.
+
+    ``recipe`` is the base's ``info["finetune"]`` (what its shipped adapters were trained with): its batch size,
+    context and held-out cap keep a real model's step within seconds on a CPU; a blank learning rate takes each
+    method's tuned rate from it (3e-3 where the base has none).
+    """
+    tuned = recipe.get("lr") if isinstance(recipe.get("lr"), dict) else {}
+    return [
+        TrainConfig(
+            method=method,
+            r=int(clamp(rank, 1, 64)),
+            steps=steps,
+            lr=clamp(lr if lr else float(tuned.get(method, DEFAULT_LR)), 1e-6, 1.0),
+            shots=int(clamp(shots, 1, 1000)) if kind != "lm" else None,
+            seed=int(seed or 0),
+            eval_every=max(1, steps // 10),
+            batch_size=int(clamp(recipe.get("batch_size", 16), 1, 64)),
+            context=int(clamp(recipe.get("context", 128), 16, 512)),
+            max_eval=int(clamp(recipe["max_eval"], 8, 2048)) if recipe.get("max_eval") else None,
+        )
+        for method in methods
+    ]
+
+
+STOP_REQUESTED = "Stop requested: the run ends after the current step and keeps what it trained."
+
+
+def stop(session: SessionModels) -> tuple[dict, str]:
+    """Stop this session's run between two steps (it keeps what it trained); says so only if one is running.
+
+    Its note is true whenever it arrives: Stop never writes the run's status, since a late answer to Stop (it does
+    not wait in the queue, but may in a busy server) could land after the run's final status and hide it.
+    """
+    if session.cancel is not None and not session.cancel.is_set():
         session.cancel.set()
-    return "Stopping after the current step…"
+        return gr.update(interactive=False), STOP_REQUESTED
+    return gr.update(interactive=False), "Nothing is running: press Start to fine-tune."
 
 
 def use_adapters(store: ModelStore, session: SessionModels):
-    """Make this session's trained models selectable in Compare and Heads (for this session only)."""
+    """Make this session's trained models selectable in Compare and Heads (for this session only).
+
+    Text classifiers (labelled text on a language model) go to Heads only: they cannot generate text, so the
+    Language section of Compare leaves them out. With nothing trained, it says so and changes nothing.
+    """
     if not session.runs:
-        raise gr.Error("Fine-tune something first.")
+        return ("Nothing to add yet: fine-tune something first (a stopped run counts).", session) + (gr.update(),) * 4
     base_name = session.run_base
+    classifiers = []
     for method, result in session.runs.items():
         name = f"{label(method)} (yours)"
-        session.add(base_name, Variant(name, method, result.model.eval(), "fine-tuned in this session"))
-    names = list(variants_of(store, session, base_name))
+        info = {
+            "method": method,
+            "task": result.task.kind,
+            "trainable_parameters": result.metrics["method_info"]["trainable_params"],
+            "metrics": dict(result.final),
+        }
+        session.add(base_name, Variant(name, method, result.model.eval(), "fine-tuned in this session", info))
+        if result.task.kind == "text":
+            classifiers.append(name)
     kind = get_base(store, session, base_name).kind
-    vision = gr.update(choices=names, value=names) if kind == "image" else gr.update()
-    lm = gr.update(choices=names, value=names) if kind == "lm" else gr.update()
+    vision = variant_choices(store, session, base_name) if kind == "image" else gr.update()
+    lm = variant_choices(store, session, base_name, generators_only=True) if kind == "lm" else gr.update()
     adapters, _, _ = options(store, session, base_name)
-    message = f"Added {', '.join(session.runs)} to {base_name}: pick them in Compare and Heads."
+    message = f"Added {', '.join(label(m) for m in session.runs)} to {base_name}: pick them in Compare and Heads."
+    if classifiers:
+        message = (
+            f"Added {', '.join(classifiers)} to Heads. They were trained to classify text, so they cannot generate: "
+            "the Language section of Compare leaves them out."
+        )
     return message, session, vision, lm, gr.update(choices=base_names(store, session), value=base_name), adapters
 
 
+@as_sentences("push the adapters")
 def push_adapters(session: SessionModels, repo_id: str, token: str | None) -> str:
     """Push this session's trained adapters to ``repo_id`` (one repo per method: ``repo_id-<method>``).
 
@@ -280,37 +386,41 @@ class _Controls:
     seed: gr.Number
     start: gr.Button
     stop: gr.Button
+    stop_note: gr.Markdown
 
 
 def _controls(ctx: Context) -> _Controls:
     bases = ctx.store.names()
     first = bases[0] if bases else None
-    with gr.Column(scale=1):
-        base = gr.Dropdown(bases, value=first, label="Base model")
+    with gr.Column(scale=1, min_width=300):
+        base = gr.Dropdown(bases, value=first, label="Base model", elem_id="ft-base")
         upload = gr.File(
             label="Data: image zip (class folders), CSV / JSONL (text,label) or TXT",
             file_types=[".zip", ".csv", ".jsonl", ".txt"],
             type="filepath",
+            elem_id="ft-upload",
         )
         sample = gr.Dropdown(  # choices follow the base; the handler checks the name, so the API
             label="…or a bundled sample",  # may name any bundled sample whatever the base shown
             allow_custom_value=True,
+            elem_id="ft-sample",
             **choices(sample_choices(ctx.store, ctx.sample_tasks, None, first)),
         )
+        steps_value = base_controls(ctx.store, ctx.sample_tasks, None, first)[1]["value"]
         methods = gr.CheckboxGroup(
             [(label(m), m) for m in METHOD_CHOICES], value=["lora", "hora"], label="Methods", elem_id="ft-methods"
         )
+        rank = gr.Slider(1, 32, value=8, step=1, label="Rank r")
+        steps = gr.Slider(1, LIMITS.max_train_steps, value=steps_value, step=1, label="Steps", elem_id="ft-steps")
+        shots = gr.Slider(1, 64, value=8, step=1, label="Shots per class", elem_id="ft-shots")
         with gr.Row():
-            rank = gr.Slider(1, 32, value=8, step=1, label="Rank r")
-            steps = gr.Slider(1, LIMITS.max_train_steps, value=60, step=1, label="Steps")
-        with gr.Row():
-            lr = gr.Number(value=3e-3, label="Learning rate")
-            shots = gr.Slider(1, 64, value=8, step=1, label="Shots per class")
-            seed = gr.Number(value=0, precision=0, label="Seed")
+            lr = gr.Number(value=None, label="Learning rate (blank: the base's tuned rate)", min_width=120)
+            seed = gr.Number(value=0, precision=0, label="Seed", min_width=100)
         with gr.Row():
             start = gr.Button("Start", variant="primary", elem_id="ft-start")
-            stop_btn = gr.Button("Stop", variant="stop", elem_id="ft-stop")
-    return _Controls(base, upload, sample, methods, rank, steps, lr, shots, seed, start, stop_btn)
+            stop_btn = gr.Button("Stop", variant="stop", elem_id="ft-stop", interactive=False)
+        stop_note = gr.Markdown(label="Stop", elem_id="ft-stop-note")
+    return _Controls(base, upload, sample, methods, rank, steps, lr, shots, seed, start, stop_btn, stop_note)
 
 
 def build(ctx: Context, compare: CompareTab, heads: HeadsTab) -> None:
@@ -319,39 +429,57 @@ def build(ctx: Context, compare: CompareTab, heads: HeadsTab) -> None:
     gr.Markdown(
         f"Few-shot fine-tuning on your data or a bundled sample. Runs are limited to {LIMITS.max_train_steps} "
         f"steps and {LIMITS.max_train_seconds} s; what you train stays in your session. Device: "
-        f"**{device_description()}**."
+        f"**{device_description()}**.",
+        elem_classes="about",
+    )
+    first = (ctx.store.names() or [None])[0]
+    about = gr.Markdown(
+        describe(ctx.store, None, first), label="The base and its shipped adapters", elem_classes="about"
     )
     with gr.Row():
         c = _controls(ctx)
-        with gr.Column(scale=2):
-            status = gr.Markdown(elem_id="ft-status")
-            curves = gr.Plot(label="Curves", elem_id="ft-curves")
-            table = gr.Dataframe(
-                headers=["method", "trainable params", "steps", "held-out metric", "seconds", "stopped"],
-                label="Results",
+        with gr.Column(scale=2, min_width=300):
+            status = gr.Markdown("Pick data and methods, then press Start.", label="Status", elem_id="ft-status")
+            curves = gr.Plot(
+                figures.placeholder("Curves appear here while training."), label="Curves", elem_id="ft-curves"
             )
-            downloads = gr.File(label="Trained adapters (PEFT format, zip)", file_count="multiple")
+            table = gr.Dataframe(headers=COLUMNS, label="Results", elem_id="ft-table")
+            downloads = gr.File(label="Trained adapters (PEFT format, zip)", file_count="multiple", elem_id="ft-files")
             use_btn = gr.Button("Use these adapters in Compare and Heads", elem_id="ft-use")
-            use_message = gr.Markdown()
+            use_message = gr.Markdown(label="Use message", elem_id="ft-use-message")
             with gr.Accordion("Push to the Hugging Face Hub", open=False):
                 with gr.Row():
                     repo_box = gr.Textbox(label="Repo id", placeholder="your-name/my-hora-adapter")
                     token_box = gr.Textbox(label="Token (or set HF_TOKEN)", type="password")
                 push_btn = gr.Button("Push", elem_id="ft-push")
-                push_message = gr.Markdown()
+                push_message = gr.Markdown(label="Push message")
 
     session = ctx.session
-    train_event = c.start.click(
-        partial(run, ctx.store, ctx.samples),
-        [session, c.base, c.upload, c.sample, c.methods, c.rank, c.steps, c.lr, c.shots, c.seed],
-        [status, curves, table, downloads, session],
+    inputs = [session, c.base, c.upload, c.sample, c.methods, c.rank, c.steps, c.lr, c.shots, c.seed]
+    c.start.click(
+        partial(run, ctx.store, ctx.samples, budget=ctx.budget),
+        inputs,
+        [status, curves, table, downloads, session, c.start, c.stop, c.stop_note],
         api_name="finetune",
+        validator=in_lane(ctx, "training", partial(check_run, ctx.store, ctx.samples)),
+        show_progress_on=[curves],
         concurrency_limit=LIMITS.training_concurrency,
         concurrency_id="training",
+    ).then(_idle, None, [c.start, c.stop], api_name="finetune_idle", queue=False)
+    refresh = partial(base_controls, ctx.store, ctx.sample_tasks)
+    c.base.change(refresh, [session, c.base], [c.sample, c.steps], api_name="finetune_samples").then(
+        partial(describe, ctx.store), [session, c.base], about, api_name="finetune_about"
     )
-    refresh_samples = partial(sample_choices, ctx.store, ctx.sample_tasks)
-    c.base.change(refresh_samples, [session, c.base], c.sample, api_name="finetune_samples")
-    c.stop.click(stop, session, status, cancels=[train_event], api_name="stop", queue=False)
+    gr.on(
+        [c.upload.change, c.sample.change],
+        partial(data_controls, ctx.samples),
+        [c.upload, c.sample],
+        c.shots,
+        api_name="finetune_data",
+        queue=False,
+    )
+    # Not `cancels=`: the generator must live to yield what was trained. queue=False: never waits behind training.
+    c.stop.click(stop, session, [c.stop, c.stop_note], api_name="stop", queue=False)
     use_btn.click(
         partial(use_adapters, ctx.store),
         session,

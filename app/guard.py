@@ -153,20 +153,22 @@ class FairShare:
 
     ``admit`` also remembers what it admitted for ``hold`` seconds: Gradio adds a run to its queue only after the
     validator returns, so a burst of simultaneous submissions would otherwise all see an empty queue. A visitor's
-    count is the larger of its runs in the queue and its admissions of the last ``hold`` seconds.
+    count is the larger of its runs in the queue and its admissions of the last ``hold`` seconds (``admit_settled``
+    waits those out when they alone refuse, so that a finished run never blocks the visitor's next one).
     """
 
     per_visitor: dict[str, int]
     lane_size: dict[str, int] = field(default_factory=dict)
-    hold: float = 2.0
+    hold: float = 0.5  # a burst of submissions arrives within milliseconds; a visitor's next click, later
     clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
     _admitted: deque = field(default_factory=deque, init=False, repr=False)  # (when, visitor, lane)
     _running: Counter = field(default_factory=Counter, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def _recent(self) -> list[tuple[float, str, str]]:
         horizon = self.clock() - self.hold
-        while self._admitted and self._admitted[0][0] < horizon:
+        while self._admitted and self._admitted[0][0] <= horizon:
             self._admitted.popleft()
         return list(self._admitted)
 
@@ -195,6 +197,20 @@ class FairShare:
                 self._admitted.append((self.clock(), visitor, lane))
         if reason is not None:
             raise (TooManyRunsError if reason.startswith("You already") else LaneFullError)(reason)
+
+    def admit_settled(self, visitor: str, lane: str, read_pending: Callable[[], Iterable[Pending]]) -> None:
+        """``admit``, but when only the visitor's admissions of the last ``hold`` seconds stand in the way (not its
+        runs in the queue: a run that finished within ``hold`` is one of them), wait ``hold`` for them to settle
+        (joined the queue, or gone) and decide again from the queue. A client that calls one endpoint after another
+        is served; a burst of simultaneous submissions still gets one place."""
+        try:
+            self.admit(visitor, lane, read_pending())
+        except TooManyRunsError:
+            queued = sum(p.visitor == visitor and p.lane == lane for p in read_pending())
+            if queued >= self.per_visitor.get(lane, queued + 1):
+                raise
+            self.sleep(self.hold)
+            self.admit(visitor, lane, read_pending())
 
     @contextmanager
     def slot(self, visitor: str, lane: str) -> Iterator[None]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import gradio as gr
 
 from app import compare, finetune, heads, models_tab
-from app.context import Context
+from app.context import Context, sample_tasks
 from app.settings import LIMITS
 from app.store import ModelStore, SessionModels
 
@@ -19,13 +19,28 @@ CSS = """
 .gen-col {flex: 1 1 220px; min-width: 220px}
 .gen-name {font-weight: 600; margin-bottom: 4px}
 .gen-text {white-space: pre-wrap; font-size: 0.9em; background: var(--block-background-fill); padding: 8px; border-radius: 6px}
-.gen-prompt {opacity: 0.55}
-.caption {font-size: 0.9em; opacity: 0.85}
+.gen-prompt {color: var(--body-text-color-subdued)}
+.caption {font-size: 0.9em}
+.about {font-size: 0.95em}
+/* Four short tabs fit a 390 px phone without Gradio's overflow menu when their padding is modest. */
+.tab-container button {padding: 0 var(--size-2)}
 """
 
 # System fonts: the theme's default Google Fonts cannot load on an offline machine (and would stall the page).
+# Colours one shade darker than Soft's defaults, so that every text reaches WCAG AA contrast (4.5:1): block labels,
+# selected checkboxes, primary buttons, the selected tab, slider ends and the footer (tests/test_browser.py measures).
 THEME = gr.themes.Soft(
     font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "Consolas", "monospace"]
+).set(
+    block_label_text_color="*primary_700",
+    block_title_text_color="*primary_700",
+    checkbox_label_background_fill_selected="*primary_600",
+    button_primary_background_fill="*primary_600",
+    button_primary_background_fill_hover="*primary_700",
+    button_primary_border_color="*primary_600",
+    color_accent="*primary_600",
+    body_text_color_subdued="*neutral_600",
+    body_text_color_subdued_dark="*neutral_300",
 )
 
 
@@ -37,18 +52,20 @@ def build_app(
 ) -> gr.Blocks:
     """The Blocks app over ``store``.
 
-    ``examples``: image paths offered in Compare (never run at start-up); ``samples``: bundled datasets for
-    Fine-tune, name -> path. Every event has an ``api_name``, so ``gradio_client`` can drive all of it.
+    ``examples``: image paths offered in Compare (one is classified once at start-up, the first paint); ``samples``:
+    bundled datasets for Fine-tune, name -> path. Every event has an ``api_name``, so ``gradio_client`` can drive all
+    of it.
     """
     samples = samples or {}
     with gr.Blocks(title="hora explorer", delete_cache=(3600, 3600)) as demo:
         # deep-copied per session; closing a session stops its run and deletes its temporary folder
         session = gr.State(SessionModels(), time_to_live=6 * 3600, delete_callback=SessionModels.close)
-        ctx = Context(store, session, samples, finetune.sample_tasks(samples), examples or [], sample_passage)
+        ctx = Context(store, session, samples, sample_tasks(samples), examples or [], sample_passage, demo)
         gr.Markdown(
             "# hora explorer\nHoRA generates every attention head's low-rank update from one shared hypernetwork; "
-            "LoRA adapts each head on its own. Compare them on the same inputs, look inside them head by head, "
-            "or fine-tune your own."
+            "LoRA adapts each head on its own. **Compare** runs the same input through a base model and its "
+            "adapters, **Heads** looks inside the adapters head by head, **Fine-tune** trains your own, and "
+            "**Models** lists every model here and loads more."
         )
         with gr.Tab("Compare", id="compare"):
             compare_tab = compare.build(ctx, demo)
@@ -63,7 +80,8 @@ def build_app(
 
 def launch(demo: gr.Blocks, **kwargs):
     """Queue with limits, then launch with the theme and CSS (Gradio 6 takes them at launch)."""
-    demo.queue(max_size=LIMITS.queue_size, default_concurrency_limit=LIMITS.inference_concurrency)
+    # Gradio's max_size is one queue for every event; the lanes' own bounds are app.context.in_lane's validators
+    demo.queue(max_size=LIMITS.global_queue_size, default_concurrency_limit=LIMITS.inference_concurrency)
     return demo.launch(theme=THEME, css=CSS, max_file_size=LIMITS.max_file_size, **kwargs)
 
 
@@ -77,10 +95,10 @@ def create_app() -> gr.Blocks:
         raise SystemExit(
             f"No embedded assets under {hub.assets_dir()}: build them with `python -m hora.assets build`."
         )
-    examples_dir = hub.assets_dir() / "examples"
-    examples = sorted(str(p) for p in examples_dir.glob("*.png")) if examples_dir.is_dir() else []
-    passages = sorted(examples_dir.glob("*.txt")) if examples_dir.is_dir() else []
+    root = hub.assets_dir()
+    folders = [root, *(root / name for name in store.bases)]  # shared examples, then each base's own
+    examples = [str(p) for f in folders for p in sorted((f / "examples").glob("*.png"))]
+    passages = sorted((root / "examples").glob("*.txt"))
     passage = passages[0].read_text(encoding="utf-8")[:1500] if passages else ""
-    samples_dir = hub.assets_dir() / "samples"
-    samples = {p.name: str(p) for p in sorted(samples_dir.iterdir())} if samples_dir.is_dir() else {}
+    samples = {p.name: str(p) for f in folders for p in sorted((f / "samples").glob("*")) if p.is_file()}
     return build_app(store, examples=examples, sample_passage=passage, samples=samples)

@@ -9,6 +9,7 @@ session (``SessionModels``), never in the shared store.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -121,6 +122,7 @@ class SessionModels:
 
 
 SESSION_PREFIX = "hora-session-"  # then the server's pid: folders of a server that is gone are recognised
+logger = logging.getLogger(__name__)
 _LIVE_FOLDERS: set[Path] = set()
 
 
@@ -200,6 +202,7 @@ def embedded_store() -> ModelStore:
 
     import hora
     from hora import hub
+    from hora.hub import HubError
     from hora.methods import label
     from hora.packaged import PACKAGED
 
@@ -207,7 +210,13 @@ def embedded_store() -> ModelStore:
     assets = hub.embedded_assets()
     names = sorted((n for n in assets if "/" not in n), key=lambda n: (n not in PACKAGED, n))
     for name in names:
-        loaded = hora.load_base(name, dtype=torch.float32)  # float32: bf16 matmuls are slow on most CPUs
+        try:
+            loaded = hora.load_base(name, dtype=torch.float32)  # float32: bf16 matmuls are slow on most CPUs
+        except HubError as err:  # a packaged base whose package is not installed and whose Hub repo is unreachable
+            if name not in PACKAGED:
+                raise
+            logger.warning("the embedded %s is left out: %s", name, err)
+            continue
         info = _asset_record(assets[name])
         adapters = [n for n in assets if n.startswith(f"{name}/")]
         processor = next((p for a in adapters if (p := _run_processor(assets[a])) is not None), loaded.processor)

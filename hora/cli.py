@@ -127,26 +127,8 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message} (see `{self.prog} --help`)")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m hora", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    sub.add_parser("demo", help="HoRA's and LoRA's parameter reports on a small ViT built from a config")
-
-    p = sub.add_parser("train", help="fine-tune a base model on a few-shot dataset")
-    _add_data_options(p)
-    _add_config_options(p)
-    p.add_argument("--out", required=True, help="output folder (written atomically)")
-
-    p = sub.add_parser("eval", help="evaluate a trained adapter (or head / full run) on a dataset")
-    p.add_argument("--base", required=True)
-    p.add_argument("--adapter", required=True, help="folder written by `train`, or a PEFT adapter folder")
-    p.add_argument("--data", required=True)
-    p.add_argument("--task", default="auto", choices=["auto", "image", "text", "lm"])
-    p.add_argument("--all", action="store_true", help="every example, not the run's held-out split")
-    p.add_argument("--batch-size", type=int, default=64)
-
-    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
+def _add_bench_parsers(bench: Any) -> None:
+    """``python -m hora bench ...``: one subcommand per benchmark."""
     p = bench.add_parser("sample-efficiency", help="held-out metric vs shots, seeds and methods, with 95%% CIs")
     _add_data_options(p)
     _add_config_options(p, skip=("method", "shots", "seed"))  # swept by the benchmark
@@ -190,6 +172,51 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-steps", type=int, default=5)
     p.add_argument("--max-requests", type=int, default=500, help="per user")
     p.add_argument("--timeout", type=float, default=120.0, help="per request, seconds")
+    p = bench.add_parser(
+        "quant-transfer", help="adapters trained on 4-bit-rounded weights, evaluated on the original ones and back"
+    )
+    p.add_argument("--base", default="lm-shakespeare", help="a Llama-like base: embedded or packaged name, folder")
+    p.add_argument("--data", default=None, help="a text file to adapt to (default: the Folio Hamlet sample)")
+    p.add_argument("--methods", type=_csv, default=["lora", "hora"])
+    p.add_argument("--seeds", type=_ints, default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--linear", default="Q4_1", help="GGML type of the linear weights' round trip")
+    p.add_argument("--embedding", default="Q8_0", help="GGML type of the embedding's round trip, or none")
+    p.add_argument("--context", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--out", default=None, help="keep the quantised base and the runs here")
+    p = bench.add_parser("variants", help="several adapters of one base: shared module trees vs one swapped model")
+    p.add_argument("--base", required=True, help="a base (embedded or packaged name, folder or Hub repo)")
+    p.add_argument(
+        "--adapters",
+        type=_csv,
+        required=True,
+        help="adapters of one PEFT type loadable on it, comma-separated (a name may repeat)",
+    )
+    p.add_argument("--rounds", type=int, default=10)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m hora", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("demo", help="HoRA's and LoRA's parameter reports on a small ViT built from a config")
+
+    p = sub.add_parser("train", help="fine-tune a base model on a few-shot dataset")
+    _add_data_options(p)
+    _add_config_options(p)
+    p.add_argument("--out", required=True, help="output folder (written atomically)")
+
+    p = sub.add_parser("eval", help="evaluate a trained adapter (or head / full run) on a dataset")
+    p.add_argument("--base", required=True)
+    p.add_argument("--adapter", required=True, help="folder written by `train`, or a PEFT adapter folder")
+    p.add_argument("--data", required=True)
+    p.add_argument("--task", default="auto", choices=["auto", "image", "text", "lm"])
+    p.add_argument("--all", action="store_true", help="every example, not the run's held-out split")
+    p.add_argument("--batch-size", type=int, default=64)
+
+    _add_bench_parsers(sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True))
     p = sub.add_parser("push", help="upload an adapter folder (with its model card) to the Hugging Face Hub")
     p.add_argument("adapter_dir")
     p.add_argument("repo_id", help="user-or-org/name")
@@ -330,13 +357,17 @@ def _count(data: Any) -> int:
     return len(data.labels) if hasattr(data, "labels") else len(data.texts)
 
 
+def _stderr_line(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def cmd_bench(args: argparse.Namespace) -> dict:
     from hora import bench
 
     if args.bench == "cold-start":
         from hora.bench import coldstart
 
-        report = coldstart.run(args.runs, log=lambda line: print(line, file=sys.stderr))
+        report = coldstart.run(args.runs, log=_stderr_line)
         return {"command": "bench cold-start", **report}
     if args.bench == "load":
         from hora.bench import load
@@ -355,6 +386,19 @@ def cmd_bench(args: argparse.Namespace) -> dict:
         if report["failures"]:
             raise BenchFailedError(f"{report['failures']} requests failed", {"command": "bench load", **report})
         return {"command": "bench load", **report}
+    if args.bench == "quant-transfer":
+        from hora.bench import quant_transfer
+
+        keys = ("methods", "seeds", "steps", "linear", "context", "batch_size", "lr")
+        embedding = None if args.embedding.lower() == "none" else args.embedding
+        options = {k: getattr(args, k) for k in keys} | {"embedding": embedding, "out_dir": args.out}
+        report = quant_transfer.measure(args.base, args.data, **options, log=_stderr_line)
+        return {"command": "bench quant-transfer", **report}
+    if args.bench == "variants":
+        from hora.bench import variants
+
+        report = variants.compare_sharing(args.base, args.adapters, rounds=args.rounds)
+        return {"command": "bench variants", **report}
     if args.bench == "speed":
         report = bench.speed(
             args.base,

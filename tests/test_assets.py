@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 
 from hora.assets.cards import MANIFEST, manifest_entries
 from hora.assets.common import read_metadata
-from hora.cards import card_metrics
 from hora.assets.language import eval_windows, windows_loss
+from hora.cards import card_metrics
 from hora.cards import read as read_card
 from hora.hub import assets_dir, embedded_assets
 from hora.loaders import load_adapter, load_base

@@ -7,6 +7,7 @@ import json
 import math
 
 import pytest
+import torch
 from helpers import save_vit, write_image_folder
 
 import hora
@@ -129,3 +130,27 @@ def test_sample_efficiency_variants_and_a_separate_test_set(setup, tmp_path):
     assert all(r["peft_method"] in ("hora", "lora") and r["test"] == {"test_accuracy": 0.5} for r in report["runs"])
     with pytest.raises(ValueError, match="Unknown method"):
         bench.sample_efficiency(base, data, variants={"x": {"method": "qlora"}}, shots=[1], seeds=[0], config=config)
+
+
+def test_quant_transfer_trains_on_both_bases_and_evaluates_each_run_on_both(capsys):
+    from hora.bench.quant_transfer import roundtrip
+
+    weight = torch.randn(8, 64, generator=torch.Generator().manual_seed(0))
+    rounded = roundtrip(weight, "Q4_1")
+    assert rounded.shape == weight.shape and 0 < (rounded - weight).norm() / weight.norm() < 0.2
+    torch.testing.assert_close(roundtrip(rounded, "Q4_1"), rounded, atol=1e-3, rtol=0)  # on its own grid already
+    args = ["bench", "quant-transfer", "--methods", "lora", "--seeds", "0", "--steps", "2", "--batch-size", "4"]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["ok"] and report["quantization"]["Q4_1"]["mean_relative_error"] > 0.01
+    assert report["base_alone"]["quantized"] != report["base_alone"]["original"]
+    runs = report["adapters"]["lora"]
+    assert {t: set(by_eval) for t, by_eval in runs.items()} == {t: {"quantized", "original"} for t in runs}
+    assert all(math.isfinite(runs[t][e]["mean"]) for t in runs for e in runs[t])
+
+
+def test_variants_bench_serves_the_same_adapters_shared_and_swapped(capsys):
+    adapters = "lm-shakespeare/hora,lm-shakespeare/hora"
+    assert main(["bench", "variants", "--base", "lm-shakespeare", "--adapters", adapters, "--rounds", "1"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["ok"] and report["swapped_over_shared"] > 0 and set(report["rss_mib"]) >= {"base", "shared_variants"}

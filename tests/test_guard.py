@@ -90,6 +90,22 @@ def test_a_burst_of_simultaneous_submissions_is_counted_before_it_reaches_the_qu
     share.admit("w", "training", [])
 
 
+def test_a_finished_run_does_not_block_the_visitors_next_one():
+    now = [0.0]
+    share = FairShare(per_visitor={"loading": 1}, hold=0.5, clock=lambda: now[0])
+    share.sleep = lambda seconds: now.__setitem__(0, now[0] + seconds)
+    share.admit_settled("v", "loading", list)  # ran and finished at once: the queue is empty again
+    share.admit_settled("v", "loading", list)  # waited out the hold, then decided from the queue
+    assert now[0] == 0.5
+    running = [Pending("v", "loading", True)]
+    with pytest.raises(TooManyRunsError):  # a run in the queue refuses at once, without waiting
+        share.admit_settled("v", "loading", lambda: running)
+    assert now[0] == 0.5
+    share.admit("w", "loading", [])
+    with pytest.raises(TooManyRunsError):  # a burst: the second submission still finds the first's admission
+        share.admit_settled("w", "loading", lambda: running[:0] + [Pending("w", "loading", False)])
+
+
 def test_slot_counts_running_work():
     share = FairShare(per_visitor={"training": 1})
     with share.slot("v", "training"):

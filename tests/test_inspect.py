@@ -5,8 +5,8 @@ from __future__ import annotations
 import peft
 import pytest
 import torch
-from peft import LoraConfig
 from helpers import BUILDERS
+from peft import LoraConfig
 
 import hora
 

@@ -29,6 +29,7 @@ def test_adapter_variants_share_the_bases_weights():
 
 def test_session_folders_carry_the_servers_pid_and_go_at_shutdown(tmp_path, monkeypatch):
     monkeypatch.setattr(store.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(store, "_LIVE_FOLDERS", set())  # other tests' sessions in this process are not ours to count
     sessions = [SessionModels(), SessionModels()]
     folders = [s.folder() for s in sessions]
     assert all(f.name.startswith(f"hora-session-{os.getpid()}-") and f.is_dir() for f in folders)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 import zipfile
 from collections.abc import Callable
@@ -121,6 +122,17 @@ def test_metrics(model: torch.nn.Module, data: ImageClassificationData, batch: i
     }
 
 
+def _progress(log: Callable[[str], None], method: str, lr: float) -> Callable[[Any], None]:
+    """A step callback that logs every tenth step (a long build says where it is)."""
+
+    def report(event: Any) -> None:
+        if event.step % 10 == 0 or event.metrics is not None and event.step == event.total_steps:
+            shown = f", validation {event.metrics}" if event.metrics else ""
+            log(f"{BASE}: {method} lr {lr:g} step {event.step}/{event.total_steps}, loss {event.loss:.4f}{shown}")
+
+    return report
+
+
 def _search(method: str, data: Any, runs: Path, grid: tuple[float, ...], steps: int, log: Callable) -> tuple:
     from hora.train import train
 
@@ -201,7 +213,7 @@ def _base_info(splits: FashionSplits, adapters: dict, steps: int) -> dict:
         "name": BASE,
         "kind": "image",
         "packaged": BASE,
-        "summary": (
+        "description": (
             "A DINOv2-small backbone (ViT-S/14, 12 layers, 6 heads) with a linear probe, adapted from 10 photos per "
             "class to Fashion-MNIST's ten kinds of clothing. It knows nothing else: other photos get a clothing label."
         ),
@@ -226,16 +238,17 @@ def _base_info(splits: FashionSplits, adapters: dict, steps: int) -> dict:
 
 
 def _write_examples(folder: Path, splits: FashionSplits) -> None:
-    """One held-out photo per class, enlarged 4x so a visitor can see it, and ``examples.json`` with their truth."""
+    """One held-out photo per class, enlarged 4x so a visitor can see it, and ``examples.json`` mapping each file
+    to its true label (the explorer's example manifest)."""
     examples = folder / "examples"
     examples.mkdir(parents=True, exist_ok=True)
-    listed = []
+    truths = {}
     for c, name in enumerate(CLASS_NAMES):
         index = int(splits.heldout[splits.labels[splits.heldout] == c][0])
-        file = f"{name.lower().replace(' ', '-')}-heldout-{index}.png"
+        file = f"fashion-{re.sub(r'[^a-z0-9]+', '', name.lower())}-heldout-{index}.png"
         fashion_image(splits.images[index]).resize((112, 112), resample=0).save(examples / file)
-        listed.append({"file": file, "label": name, "split": "held-out"})
-    (examples / "examples.json").write_text(json.dumps(listed, indent=1) + "\n", encoding="utf-8")
+        truths[file] = name
+    (examples / "examples.json").write_text(json.dumps(truths, indent=1) + "\n", encoding="utf-8")
 
 
 def _write_sample(folder: Path, splits: FashionSplits) -> None:

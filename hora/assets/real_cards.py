@@ -72,7 +72,7 @@ def write_lm_cards(folder: Path, base: dict, adapters: dict[str, dict]) -> None:
     body = f"""
 # {name}: SmolLM2-135M-Instruct, and adapters that speak like Shakespeare
 
-{base["summary"]}
+{base["description"]}
 
 ## Where the weights come from
 
@@ -158,7 +158,7 @@ def write_vision_cards(folder: Path, base: dict, adapters: dict[str, dict]) -> N
     body = f"""
 # {name}: DINOv2-small with a linear probe, adapted few-shot to Fashion-MNIST
 
-{base["summary"]}
+{base["description"]}
 
 ## Where the weights come from
 

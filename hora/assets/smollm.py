@@ -61,36 +61,38 @@ def recipe(method: str, lr: float, *, steps: int = 40, seed: int = 0) -> TrainCo
     )
 
 
-LR_GRID = {
-    "lora": (3e-4, 1e-3, 3e-3),
-    "hora": (3e-4, 1e-3, 3e-3),
-    "dora": (3e-4, 1e-3, 3e-3),
-    "doran": (3e-4, 1e-3, 3e-3),
-}
+# Two rates per method (the build runs on a 2-core CPU); with keep_best a rate that overshoots keeps its best step.
+LR_GRID = {method: (1e-3, 3e-3) for method in LOW_RANK_METHODS}
 
 
 @torch.no_grad()
 def reply_loss(model: nn.Module, tokenizer: Any, items: list[Exchange], batch: int = 8) -> dict[str, float]:
-    """Mean next-token loss (nats) of the replies only, each given its prompt in the chat template."""
+    """Mean next-token loss (nats) of the replies only, each given its prompt in the chat template.
+
+    Rows are padded on the left, so that every reply ends at the last position and only the last positions' logits
+    are computed (``logits_to_keep``): the vocabulary projection is most of a small model's work.
+    """
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(items), batch):
-        rows, masks = [], []
+        rows, replies = [], []
         for e in items[start : start + batch]:
             prompt = tokenizer.apply_chat_template(e.messages()[:1], add_generation_prompt=True, tokenize=False)
             full = tokenizer.apply_chat_template(e.messages(), tokenize=False)
             ids = tokenizer(full, add_special_tokens=False)["input_ids"]
-            n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
             rows.append(ids)
-            masks.append([0] * n_prompt + [1] * (len(ids) - n_prompt))  # 1: a reply token to predict
-        width = max(map(len, rows))
-        ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])  # (B, T)
-        scored = torch.tensor([m + [0] * (width - len(m)) for m in masks], dtype=torch.bool)
-        attention = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-        logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()  # (B, T-1, V)
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")  # (B, T-1)
-        total += float(nll[scored[:, 1:]].sum())
-        count += int(scored[:, 1:].sum())
+            replies.append(len(ids) - len(tokenizer(prompt, add_special_tokens=False)["input_ids"]))
+        width, keep = max(map(len, rows)), max(replies) + 1
+        ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(r)) + r for r in rows])  # (B, T), left-padded
+        attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        positions = (attention.cumsum(-1) - 1).clamp_min(0)  # left padding must not shift the real tokens' positions
+        logits = model(input_ids=ids, attention_mask=attention, position_ids=positions, logits_to_keep=keep).logits
+        logits = logits[:, :-1].float()  # (B, keep-1, V): predictions of the last keep-1 tokens
+        targets = ids[:, width - keep + 1 :]  # (B, keep-1)
+        scored = torch.tensor([[0] * (keep - 1 - n) + [1] * n for n in replies], dtype=torch.bool)
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (B, keep-1)
+        total += float(nll[scored].sum())
+        count += int(scored.sum())
     loss = total / count
     return {"loss": loss, "perplexity": float(torch.tensor(loss).exp()), "tokens": count}
 
@@ -110,6 +112,17 @@ def answers(model: nn.Module, tokenizer: Any, prompts: tuple[str, ...] = PROMPTS
         )
         out.append(tokenizer.decode(generated[0, ids.shape[1] :], skip_special_tokens=True).strip())
     return out
+
+
+def _progress(log: Callable[[str], None], method: str, lr: float) -> Callable[[Any], None]:
+    """A step callback that logs every tenth step (a long build says where it is)."""
+
+    def report(event: Any) -> None:
+        if event.step % 10 == 0 or event.metrics is not None and event.step == event.total_steps:
+            shown = f", validation {event.metrics}" if event.metrics else ""
+            log(f"{BASE}: {method} lr {lr:g} step {event.step}/{event.total_steps}, loss {event.loss:.4f}{shown}")
+
+    return report
 
 
 def _search(method: str, data: Any, runs: Path, grid: tuple[float, ...], steps: int, log: Callable) -> tuple:
@@ -148,7 +161,7 @@ def build_smollm(folder: Path, settings: Any, log: Callable[[str], None]) -> dic
     steps = settings.real_lm_steps
     with atomic_dir(folder.parent / ".runs-smollm") as runs:  # the runs not kept vanish with it
         for method in LOW_RANK_METHODS:
-            grid = LR_GRID[method] if not settings.quick else LR_GRID[method][1:2]
+            grid = LR_GRID[method] if not settings.quick else LR_GRID[method][:1]
             best, tried = _search(method, data, runs, grid, steps, log)
             out = folder / "adapters" / method
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -199,7 +212,7 @@ def _base_info(conversations, heldout, base_metrics, outputs, adapters, steps) -
         "name": BASE,
         "kind": "lm",
         "packaged": BASE,
-        "summary": (
+        "description": (
             "SmolLM2-135M-Instruct, a small chat model (30 layers, 9 query and 3 key-value heads). Its adapters were "
             "taught to speak like Shakespeare from the conversations of a few scenes; the base answers in modern English."
         ),

@@ -395,6 +395,19 @@ POLITE_MIX = ("classify", "generate")
 FLOOD_RATE = 10.0  # the flooder's submissions per second at most (a refusal is answered at once)
 
 
+def _refusal_text(error: BaseException) -> str:
+    """What the server said: a validator's refusal comes back as HTTP 400 whose JSON body holds the message."""
+    response = getattr(error, "response", None)
+    if response is not None:
+        try:
+            detail = response.json().get("detail")
+        except Exception:  # noqa: BLE001 - not JSON: fall back to the error's own words
+            detail = None
+        if detail:
+            return f"{type(error).__name__}: {detail}"
+    return f"{type(error).__name__}: {error}"
+
+
 @dataclass
 class Flood:
     outstanding: int  # fine-tunes the flooder keeps submitted (all reach the queue: one client thread each)
@@ -414,7 +427,7 @@ class Flood:
             return
         error = job.exception()
         self.completed, self.refused = self.completed + (error is None), self.refused + (error is not None)
-        self.first_refusal = self.first_refusal or (f"{type(error).__name__}: {error}"[:300] if error else "")
+        self.first_refusal = self.first_refusal or (_refusal_text(error)[:300] if error else "")
 
 
 def flooder(url: str, plan: Plan, deadline: float, flood: Flood) -> None:
