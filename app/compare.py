@@ -345,6 +345,25 @@ def refresh(store: ModelStore, generators_only: bool, session: SessionModels | N
     return variant_choices(store, session, base_name, generators_only), describe(store, session, base_name)
 
 
+def _example_shelves(ctx: Context, shown: str | None, image: gr.Image, truth: gr.Textbox) -> dict[str, gr.Column]:
+    """One shelf of held-out examples per image base (those whose true label that base knows), only the chosen
+    base's visible: a digit is no example for a clothing classifier."""
+    shelves = {}
+    for name in ctx.store.names("image"):
+        truths = {p: t for p, t in example_truths(ctx.examples, labels_known(ctx.store.bases[name])).items() if t}
+        if not truths:
+            continue
+        with gr.Column(visible=name == shown, elem_classes="examples-shelf") as shelves[name]:
+            gr.Examples(
+                [[p, t] for p, t in truths.items()],
+                inputs=[image, truth],
+                example_labels=[example_label(p, t) for p, t in truths.items()],
+                label="Held-out examples, named by their true label",
+                cache_examples=False,
+            )
+    return shelves
+
+
 def _vision_section(ctx: Context) -> tuple[gr.Dropdown, gr.CheckboxGroup, gr.Markdown]:
     base0 = _first(ctx.store.names("image"))
     first = first_vision(ctx, base0)
@@ -368,14 +387,7 @@ def _vision_section(ctx: Context) -> tuple[gr.Dropdown, gr.CheckboxGroup, gr.Mar
                 max_lines=1,
                 elem_id="truth",
             )
-            if first["truths"]:
-                gr.Examples(
-                    [[p, t or ""] for p, t in first["truths"].items()],
-                    inputs=[image, truth],
-                    example_labels=[example_label(p, t) for p, t in first["truths"].items()],
-                    label="Held-out examples, named by their true label",
-                    cache_examples=False,
-                )
+            shelves = _example_shelves(ctx, base0, image, truth)
             initial = variant_choices(ctx.store, None, base0)  # API clients never run demo.load
             variants = gr.CheckboxGroup(label="Models", elem_id="vision-variants", **choices(initial))
             button = gr.Button("Classify", variant="primary", elem_id="classify-btn")
@@ -383,6 +395,14 @@ def _vision_section(ctx: Context) -> tuple[gr.Dropdown, gr.CheckboxGroup, gr.Mar
             plot = gr.Plot(first["plot"], label="Top-5 classes", elem_id="vision-plot")
             table = gr.Dataframe(first["table"], headers=TABLE, label="Summary", elem_id="vision-table")
             note = gr.Markdown(first["note"], label="How far to trust the answers", elem_id="vision-note")
+    if shelves:
+        base.change(
+            lambda name: [gr.update(visible=n == name) for n in shelves],
+            base,
+            list(shelves.values()),
+            api_name="vision_examples",
+            queue=False,
+        )
     button.click(
         partial(classify, ctx.store),
         [ctx.session, base, image, variants, truth],

@@ -157,6 +157,7 @@ def _add_bench_parsers(bench: Any) -> None:
         "cold-start", help="the explorer started in a fresh process until headless Chromium can use it"
     )
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--first", action="store_true", help="also a first-ever start: empty cache, bases converted")
     p = bench.add_parser("load", help="N concurrent gradio_client users against the explorer on 127.0.0.1")
     p.add_argument("--users", type=int, default=None, help="default: 16 (--adversarial: 8 well-behaved users)")
     p.add_argument("--seconds", type=float, default=None, help="default: 120 (--adversarial: 60 per phase)")
@@ -367,7 +368,7 @@ def cmd_bench(args: argparse.Namespace) -> dict:
     if args.bench == "cold-start":
         from hora.bench import coldstart
 
-        report = coldstart.run(args.runs, log=_stderr_line)
+        report = coldstart.run(args.runs, args.first, log=_stderr_line)
         return {"command": "bench cold-start", **report}
     if args.bench == "load":
         from hora.bench import load

@@ -73,6 +73,20 @@ def _encode(tokenizer, text: str, max_tokens: int | None = None) -> tuple[torch.
     return (ids[:, -max_tokens:] if truncated else ids), truncated or cut
 
 
+def as_chat(tokenizer, prompt: str) -> str:
+    """``prompt`` as a user turn of the tokenizer's chat template, ready for the assistant's answer, when the
+    tokenizer has one (an instruct model answers a question instead of continuing it); else ``prompt``. A prompt
+    that already holds the template's markers is left alone."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not template or not prompt.strip():
+        return prompt
+    specials = [t for t in getattr(tokenizer, "all_special_tokens", []) if len(t) > 2]
+    if any(t in prompt for t in specials):
+        return prompt
+    messages = [{"role": "user", "content": prompt}]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
 def context_length(model: nn.Module) -> int:
     config = model.config
     return int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 1024))
@@ -101,13 +115,13 @@ def generate_stream(
 ) -> Iterator[str]:
     """Yield the generated text so far after every new token (the prompt not included).
 
-    Sampling uses its own seeded generator, so the same seed gives the same text for the same model. The
-    prompt keeps its last tokens when it does not fit the context; generation stops at the context limit
-    or an end-of-sequence token.
+    Sampling uses its own seeded generator, so the same seed gives the same text for the same model. A chat
+    model's tokenizer wraps the prompt in its chat template (``as_chat``). The prompt keeps its last tokens when it
+    does not fit the context; generation stops at the context limit or an end-of-sequence token.
     """
     device = model_device(model)
     limit = context_length(model)
-    ids, _ = _encode(tokenizer, prompt, max_tokens=max(1, limit - max_new_tokens))
+    ids, _ = _encode(tokenizer, as_chat(tokenizer, prompt), max_tokens=max(1, limit - max_new_tokens))
     ids = ids.to(device)
     generator = torch.Generator().manual_seed(seed)
     new: list[int] = []
@@ -134,8 +148,9 @@ class TokenDistribution:
 
 @torch.no_grad()
 def next_token_topk(model: nn.Module, tokenizer, prompt: str, k: int = 10) -> TokenDistribution:
-    """The k most likely next tokens after ``prompt`` and their probabilities."""
-    ids, _ = _encode(tokenizer, prompt, max_tokens=context_length(model))
+    """The k most likely next tokens after ``prompt`` (in the chat template of a chat model: the first token of its
+    answer) and their probabilities."""
+    ids, _ = _encode(tokenizer, as_chat(tokenizer, prompt), max_tokens=context_length(model))
     probabilities = model(input_ids=ids.to(model_device(model))).logits[0, -1].float().softmax(-1)
     top = probabilities.topk(min(k, probabilities.numel()))
     tokens = [tokenizer.decode([int(i)]) for i in top.indices]

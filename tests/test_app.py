@@ -345,3 +345,30 @@ def test_the_session_state_is_closed_by_gradio_when_the_session_ends():
     demo = build_app(ModelStore())
     states = [b for b in demo.blocks.values() if type(b).__name__ == "State"]
     assert states and all(s.delete_callback == SessionModels.close and s.time_to_live for s in states)
+
+
+def test_a_bases_recipe_sets_the_finetune_defaults_and_blank_lr_takes_each_methods_rate():
+    from app.context import DEFAULT_LR, DEFAULT_STEPS, base_controls
+    from app.finetune import _configs
+
+    store = tiny_store()
+    tasks = {"digits.zip": "image", "play.txt": "lm", "mine.jsonl": "lm"}
+    sample, steps = base_controls(store, tasks, None, "tiny-llama")
+    assert sample["choices"] == ["play.txt", "mine.jsonl"] and sample["value"] is None
+    assert steps["value"] == DEFAULT_STEPS
+    recipe = {
+        "steps": 30,
+        "batch_size": 4,
+        "context": 64,
+        "max_eval": 16,
+        "lr": {"hora": 2e-3},
+        "sample": "mine.jsonl",
+    }
+    store.bases["tiny-llama"].info = {"finetune": recipe}
+    sample, steps = base_controls(store, tasks, None, "tiny-llama")
+    assert sample["value"] == "mine.jsonl" and steps["value"] == 30
+    hora_config, lora_config = _configs(["hora", "lora"], "lm", 8, 30, None, 8, 0, recipe)
+    assert (hora_config.lr, lora_config.lr) == (2e-3, DEFAULT_LR)  # blank: the tuned rate, else the default
+    assert (hora_config.batch_size, hora_config.context, hora_config.max_eval) == (4, 64, 16)
+    assert _configs(["hora"], "lm", 8, 30, 5e-4, 8, 0, recipe)[0].lr == 5e-4  # a rate typed in wins
+    assert _configs(["hora"], "image", 8, 30, None, 8, 0, {})[0].batch_size == 16  # no recipe: the old defaults

@@ -81,3 +81,18 @@ def test_adapters_change_predictions_side_by_side():
     a = infer.next_token_topk(base, tokenizer, "hello", k=5).probabilities
     b = infer.next_token_topk(adapted, tokenizer, "hello", k=5).probabilities
     assert a != b
+
+
+def test_a_chat_models_prompt_is_a_user_turn_of_its_template():
+    from helpers import char_tokenizer
+
+    from hora.infer import as_chat
+
+    tokenizer = char_tokenizer()
+    assert as_chat(tokenizer, "hello") == "hello"  # no template: a plain language model continues the text
+    tokenizer.chat_template = (
+        "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}"
+        "{% if add_generation_prompt %}[assistant]{% endif %}"
+    )
+    assert as_chat(tokenizer, "hello") == "[user]hello[assistant]"
+    assert as_chat(tokenizer, "") == ""  # an empty prompt still starts from the start token

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import hub_cache_repo
 
 import hora
 from hora.converters import DINOV2_PREPROCESSOR
@@ -231,24 +232,6 @@ def test_cli_prints_the_folders(dinov2, cache, capsys):
 
 # ---------------------------------------------------------------------------------------------------------------
 # On a Space with the Hub: the same bases under their Hub names
-
-
-def hub_cache_repo(cache: Path, repo_id: str, folder: Path, commit: str = "0123456789abcdef" * 2 + "01234567") -> None:
-    """``folder`` in the Hub cache layout (blobs by sha256, snapshots/<commit>/ of relative links, refs/main),
-    with its files hard-linked: the record already has their sha256."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    for rel, facts in read_record(folder)["files"].items():
-        blob = repo / "blobs" / facts["sha256"]
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(folder / rel, blob)
-        except OSError:  # another file system
-            shutil.copyfile(folder / rel, blob)
-        link = repo / "snapshots" / commit / rel
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / "main").write_text(commit)
 
 
 @pytest.mark.slow

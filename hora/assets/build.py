@@ -161,6 +161,8 @@ Everything the app needs to run offline on a CPU, built by `python -m hora.asset
 | `screenshots/` | the app's tabs, as the browser tests see them (`python -m hora.assets screenshots`) |
 | `samples/` | the Fine-tune tab's bundled samples: a 10-shot digit zip and a Folio play (training data, not held-out) |
 | `bench/<base>/` | sample-efficiency benchmark of each base (`python -m hora.assets bench --base <base>`), when run |
+| `smollm2-135m-instruct/` | adapters of the real SmolLM2-135M-Instruct (its weights stay in hora's cache), cards, sample (`--bases smollm2-135m-instruct`) |
+| `dinov2-small/` | linear probe and adapters of the real DINOv2-small backbone, cards, examples, sample (`--bases dinov2-small`) |
 
 ## Digits: 10 shots per digit, all ten digits, 500 held-out images
 

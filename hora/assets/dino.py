@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import tempfile
 import time
 import zipfile
 from collections.abc import Callable
@@ -26,7 +27,6 @@ from hora.assets.common import write_metadata
 from hora.assets.fashion import NPM_PACKAGE, FashionSplits, fashion_image, load_fashion_splits
 from hora.config import TrainConfig
 from hora.data import ImageClassificationData
-from hora.io import atomic_dir
 from hora.loaders import load_adapter, load_base
 from hora.methods import METHODS
 from hora.task import Task, compute_loss
@@ -160,7 +160,8 @@ def build_dino(folder: Path, settings: Any, log: Callable[[str], None]) -> dict:
     data, test = pool_data(splits), heldout_data(splits)
     adapters: dict[str, dict] = {}
     steps = settings.real_vision_steps
-    with atomic_dir(folder.parent / ".runs-dino") as runs:  # the runs not kept vanish with it
+    with tempfile.TemporaryDirectory(prefix=".runs-dino-", dir=folder.parent) as scratch:  # runs not kept vanish
+        runs = Path(scratch)
         for method in METHODS_BUILT:
             grid = LR_GRID[method] if not settings.quick else LR_GRID[method][:1]
             best, tried = _search(method, data, runs, grid, steps, log)
@@ -214,8 +215,9 @@ def _base_info(splits: FashionSplits, adapters: dict, steps: int) -> dict:
         "kind": "image",
         "packaged": BASE,
         "description": (
-            "A DINOv2-small backbone (ViT-S/14, 12 layers, 6 heads) with a linear probe, adapted from 10 photos per "
-            "class to Fashion-MNIST's ten kinds of clothing. It knows nothing else: other photos get a clothing label."
+            "A DINOv2-small backbone (ViT-S/14, 12 layers, 6 heads) with a linear probe; the probe and the adapters "
+            "were trained on 10 photos per class of Fashion-MNIST's ten kinds of clothing. It knows nothing else: "
+            "other photos get a clothing label."
         ),
         "task": "Fashion-MNIST, 10 shots per class; accuracy on 500 held-out photos (chance: 0.10)",
         "classes": list(CLASS_NAMES),
@@ -226,9 +228,11 @@ def _base_info(splits: FashionSplits, adapters: dict, steps: int) -> dict:
         },
         "reference": "head",  # the linear probe is this base's "base model" in comparisons
         "image_size": IMAGE_SIZE,
-        "finetune": {
+        "finetune": {  # the Fine-tune tab's defaults on this base (app.finetune)
             "steps": 30,
             "batch_size": 16,
+            "image_size": IMAGE_SIZE,
+            "max_eval": 100,
             "shots": SHOTS,
             "lr": {m: i["lr"] for m, i in adapters.items()},
             "sample": SAMPLE,

@@ -11,6 +11,7 @@ on, for the base and every adapter; and the answers to modern questions, side by
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,6 @@ from hora.assets.common import write_metadata
 from hora.assets.dialogue import TRAIN_PLAYS, Exchange, chat_documents, load_conversations
 from hora.config import TrainConfig
 from hora.data import LanguageModelingData
-from hora.io import atomic_dir
 from hora.loaders import load_adapter, load_base
 from hora.methods import LOW_RANK_METHODS, label
 
@@ -159,7 +159,8 @@ def build_smollm(folder: Path, settings: Any, log: Callable[[str], None]) -> dic
     outputs = {"base": answers(loaded.model, tokenizer)}
     adapters: dict[str, dict] = {}
     steps = settings.real_lm_steps
-    with atomic_dir(folder.parent / ".runs-smollm") as runs:  # the runs not kept vanish with it
+    with tempfile.TemporaryDirectory(prefix=".runs-smollm-", dir=folder.parent) as scratch:  # runs not kept vanish
+        runs = Path(scratch)
         for method in LOW_RANK_METHODS:
             grid = LR_GRID[method] if not settings.quick else LR_GRID[method][:1]
             best, tried = _search(method, data, runs, grid, steps, log)
@@ -213,8 +214,9 @@ def _base_info(conversations, heldout, base_metrics, outputs, adapters, steps) -
         "kind": "lm",
         "packaged": BASE,
         "description": (
-            "SmolLM2-135M-Instruct, a small chat model (30 layers, 9 query and 3 key-value heads). Its adapters were "
-            "taught to speak like Shakespeare from the conversations of a few scenes; the base answers in modern English."
+            "SmolLM2-135M-Instruct, a small chat model (30 layers, 9 query and 3 key-value heads) that answers in "
+            "modern English. Its adapters were trained on the conversations of a few scenes of Shakespeare, to speak "
+            "like him."
         ),
         "task": "Shakespeare's conversations as chat turns: the reply loss on Macbeth and The Tempest, held out",
         "data": {
@@ -230,10 +232,11 @@ def _base_info(conversations, heldout, base_metrics, outputs, adapters, steps) -
             "max_new_tokens": NEW_TOKENS,
             "decoding": "greedy",
         },
-        "finetune": {
+        "finetune": {  # the Fine-tune tab's defaults on this base (app.finetune)
             "steps": 30,
             "context": 128,
             "batch_size": 4,
+            "max_eval": 16,
             "lr": {m: info["lr"] for m, info in adapters.items()},
             "sample": SAMPLE,
         },

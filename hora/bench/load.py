@@ -32,6 +32,7 @@ from pathlib import Path
 import psutil
 
 from hora.bench.coldstart import free_port
+from hora.bench.stats import latency_spread
 
 
 MIX = ("classify", "generate", "next_tokens", "perplexity", "heads")  # what every user loops over
@@ -260,16 +261,6 @@ def user(
         client.close()
 
 
-def _percentile(values: list[float], p: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
-
-
-def _spread(ms: list[float]) -> dict[str, float]:
-    return {f"{k}_ms": round(_percentile(ms, p), 1) for k, p in (("p50", 50), ("p95", 95), ("max", 100))}
-
-
 def summarize(records: list[Record]) -> dict[str, dict]:
     by_endpoint: dict[str, list[Record]] = {r.endpoint: [] for r in records}
     stats = {}
@@ -279,7 +270,9 @@ def summarize(records: list[Record]) -> dict[str, dict]:
     for endpoint in order:  # the mix first, then set-up calls
         group = by_endpoint[endpoint]
         ms = [r.seconds * 1000 for r in group]
-        stats[endpoint] = {"count": len(group), "failures": sum(r.error is not None for r in group)} | _spread(ms)
+        stats[endpoint] = {"count": len(group), "failures": sum(r.error is not None for r in group)} | latency_spread(
+            ms
+        )
     return stats
 
 
@@ -397,14 +390,8 @@ FLOOD_RATE = 10.0  # the flooder's submissions per second at most (a refusal is 
 
 def _refusal_text(error: BaseException) -> str:
     """What the server said: a validator's refusal comes back as HTTP 400 whose JSON body holds the message."""
-    response = getattr(error, "response", None)
-    if response is not None:
-        try:
-            detail = response.json().get("detail")
-        except Exception:  # noqa: BLE001 - not JSON: fall back to the error's own words
-            detail = None
-        if detail:
-            return f"{type(error).__name__}: {detail}"
+    with contextlib.suppress(Exception):  # no response, or not JSON: the error's own words
+        return f"{type(error).__name__}: {error.response.json()['detail']}"
     return f"{type(error).__name__}: {error}"
 
 
@@ -463,7 +450,7 @@ def _phase(url: str, plan: Plan, pid: int, scratch: Path, users: int, seconds: f
     ms = [r.seconds * 1000 for r in polite if r.error is None] or [0.0]  # the latency of what was served
     errors = [f"{r.endpoint}: {r.error}" for r in records if r.error is not None]
     summary = {"served": sum(r.error is None for r in polite), "failures": len(errors), "errors": errors[:20]}
-    summary |= _spread(ms)
+    summary |= latency_spread(ms)
     return summary | {"endpoints": summarize(records), "rss_peak_mib": _mib(sampler.stop())}
 
 

@@ -45,4 +45,15 @@ def mean_ci(values: Sequence[float]) -> dict[str, Any]:
     return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half, "n": n, "values": list(values)}
 
 
-__all__ = ["mean_ci", "t_quantile_975"]
+__all__ = ["latency_spread", "mean_ci", "percentile", "t_quantile_975"]
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile ``p`` (0-100) of ``values``."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def latency_spread(ms: list[float]) -> dict[str, float]:
+    """Median, 95th percentile and maximum of latencies in milliseconds, as ``p50_ms``, ``p95_ms``, ``max_ms``."""
+    return {f"{k}_ms": round(percentile(ms, p), 1) for k, p in (("p50", 50), ("p95", 95), ("max", 100))}
