@@ -278,7 +278,8 @@ def _configs(
     """One engine config per method, from the tab's controls (clamped to the app's limits) and the base's recipe.
 
     ``recipe`` is the base's ``info["finetune"]`` (what its shipped adapters were trained with): its batch size,
-    context, image size and held-out cap keep a real model's step within seconds on a CPU; a blank learning rate takes each
+    context, image size and held-out cap keep a real model's step within seconds on a CPU, and ``keep_best`` keeps
+    the weights of the best held-out evaluation; a blank learning rate takes each
     method's tuned rate from it (3e-3 where the base has none).
     """
     tuned = recipe.get("lr") if isinstance(recipe.get("lr"), dict) else {}
@@ -295,6 +296,7 @@ def _configs(
             context=int(clamp(recipe.get("context", 128), 16, 512)),
             max_eval=int(clamp(recipe["max_eval"], 8, 2048)) if recipe.get("max_eval") else None,
             image_size=int(clamp(recipe["image_size"], 28, 518)) if recipe.get("image_size") else None,
+            keep_best=bool(recipe.get("keep_best", False)),  # a real base overfits a few-shot sample within 30 steps
         )
         for method in methods
     ]

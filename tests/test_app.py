@@ -361,6 +361,7 @@ def test_a_bases_recipe_sets_the_finetune_defaults_and_blank_lr_takes_each_metho
         "batch_size": 4,
         "context": 64,
         "max_eval": 16,
+        "keep_best": True,
         "lr": {"hora": 2e-3},
         "sample": "mine.jsonl",
     }
@@ -369,6 +370,11 @@ def test_a_bases_recipe_sets_the_finetune_defaults_and_blank_lr_takes_each_metho
     assert sample["value"] == "mine.jsonl" and steps["value"] == 30
     hora_config, lora_config = _configs(["hora", "lora"], "lm", 8, 30, None, 8, 0, recipe)
     assert (hora_config.lr, lora_config.lr) == (2e-3, DEFAULT_LR)  # blank: the tuned rate, else the default
-    assert (hora_config.batch_size, hora_config.context, hora_config.max_eval) == (4, 64, 16)
+    assert (hora_config.batch_size, hora_config.context, hora_config.max_eval, hora_config.keep_best) == (
+        4,
+        64,
+        16,
+        True,
+    )
     assert _configs(["hora"], "lm", 8, 30, 5e-4, 8, 0, recipe)[0].lr == 5e-4  # a rate typed in wins
     assert _configs(["hora"], "image", 8, 30, None, 8, 0, {})[0].batch_size == 16  # no recipe: the old defaults

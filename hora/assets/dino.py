@@ -233,6 +233,7 @@ def _base_info(splits: FashionSplits, adapters: dict, steps: int) -> dict:
             "batch_size": 16,
             "image_size": IMAGE_SIZE,
             "max_eval": 100,
+            "keep_best": True,
             "shots": SHOTS,
             "lr": {m: i["lr"] for m, i in adapters.items()},
             "sample": SAMPLE,

@@ -237,6 +237,7 @@ def _base_info(conversations, heldout, base_metrics, outputs, adapters, steps) -
             "context": 128,
             "batch_size": 4,
             "max_eval": 16,
+            "keep_best": True,
             "lr": {m: info["lr"] for m, info in adapters.items()},
             "sample": SAMPLE,
         },
