@@ -32,6 +32,7 @@ from pathlib import Path
 import psutil
 
 from hora.bench.coldstart import free_port
+from hora.bench.report import adversarial_table
 from hora.bench.stats import latency_spread
 
 
@@ -66,7 +67,7 @@ class Plan:  # what the users send, discovered from the running app's API and th
 
 def start_app(port: int, log: Path, timeout: float = 180.0) -> subprocess.Popen:
     """``python -m app`` on 127.0.0.1:``port``, returned once it answers HTTP (its output goes to ``log``)."""
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HORA_PROXY_HOPS": "1"}
     with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
         command = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port)]
         server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -186,6 +187,12 @@ def _call(client, records: list[Record], endpoint: str, args: tuple, timeout: fl
     return result if error is None else None
 
 
+def visitor(index: int) -> dict[str, str]:
+    """The headers of simulated visitor ``index``: its own address, as the Space's proxy would forward it (the app
+    is started with ``HORA_PROXY_HOPS=1``), so that per-visitor limits see many visitors, not one 127.0.0.1."""
+    return {"X-Forwarded-For": f"10.{index % 250 + 1}.0.1" if index >= 0 else "10.255.0.1"}
+
+
 def _finetune_args(plan: Plan, index: int, steps: int) -> tuple:
     method = ["lora", "hora"][index % 2]
     return (plan.finetune_base, None, plan.finetune_sample, [method], 4, steps, 3e-3, 4, index)
@@ -212,7 +219,7 @@ def user(
     rng = random.Random(index)
     start = time.perf_counter()
     try:
-        client = Client(url, verbose=False, download_files=str(downloads / f"user-{index}"))
+        client = Client(url, verbose=False, download_files=str(downloads / f"user-{index}"), headers=visitor(index))
     except Exception as err:  # a failed connection is a failed request
         records.append(Record("connect", time.perf_counter() - start, f"{type(err).__name__}: {err}"[:300]))
         return
@@ -421,7 +428,8 @@ def flooder(url: str, plan: Plan, deadline: float, flood: Flood) -> None:
     """One client keeping ``flood.outstanding`` fine-tunes submitted without waiting for any, until ``deadline``."""
     from gradio_client import Client
 
-    jobs, client = [], Client(url, verbose=False, download_files=False, max_workers=flood.outstanding + 8)
+    client = Client(url, verbose=False, download_files=False, max_workers=flood.outstanding + 8, headers=visitor(-1))
+    jobs = []
     try:
         while time.monotonic() < deadline:
             for job in [j for j in jobs if j.done()]:
@@ -477,23 +485,6 @@ def run_adversarial(
     summary |= {"server_log_tail": after["log"][-2000:] if failures else "", "endpoints": flooded["endpoints"]}
     peak = max(baseline["rss_peak_mib"], flooded["rss_peak_mib"])
     return summary | {"rss_mib": {"start": _mib(rss_start), "peak": peak}, "machine": _machine()}
-
-
-def adversarial_table(summary: dict) -> str:
-    """The human summary of ``run_adversarial``: what the well-behaved users got with and without the flood."""
-    lines, flood = [], summary["flood"]
-    for name, phase in summary["phases"].items():
-        lines.append(
-            f"{name:>8}: {summary['users']} users served {phase['served']} requests, {phase['failures']} failed; "
-            f"p50 {phase['p50_ms']:.0f} ms, p95 {phase['p95_ms']:.0f} ms; server peak {phase['rss_peak_mib']:.0f} MiB"
-        )
-    lines.append(f"p95 with the flood / without: {summary['p95_ratio']}")
-    lines.append(
-        f"flooder ({flood['outstanding']} outstanding fine-tunes of {flood['steps']} steps): {flood['submitted']} "
-        f"submitted, {flood['refused']} refused, {flood['completed']} completed, {flood['cancelled']} cancelled; "
-        f"first refusal: {flood['first_refusal'] or 'none'}"
-    )
-    return "\n".join(lines + [f"error: {e}" for e in summary["errors"]])
 
 
 __all__ = ["ENDPOINTS", "MIX", "POLITE_MIX", "adversarial_table", "run", "run_adversarial", "table"]

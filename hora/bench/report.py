@@ -46,4 +46,21 @@ def plotly_go() -> Any | None:
     return go
 
 
-__all__ = ["plotly_go", "write_report"]
+def adversarial_table(summary: dict) -> str:
+    """The human summary of ``run_adversarial``: what the well-behaved users got with and without the flood."""
+    lines, flood = [], summary["flood"]
+    for name, phase in summary["phases"].items():
+        lines.append(
+            f"{name:>8}: {summary['users']} users served {phase['served']} requests, {phase['failures']} failed; "
+            f"p50 {phase['p50_ms']:.0f} ms, p95 {phase['p95_ms']:.0f} ms; server peak {phase['rss_peak_mib']:.0f} MiB"
+        )
+    lines.append(f"p95 with the flood / without: {summary['p95_ratio']}")
+    lines.append(
+        f"flooder ({flood['outstanding']} outstanding fine-tunes of {flood['steps']} steps): {flood['submitted']} "
+        f"submitted, {flood['refused']} refused, {flood['completed']} completed, {flood['cancelled']} cancelled; "
+        f"first refusal: {flood['first_refusal'] or 'none'}"
+    )
+    return "\n".join(lines + [f"error: {e}" for e in summary["errors"]])
+
+
+__all__ = ["adversarial_table", "plotly_go", "write_report"]
