@@ -29,6 +29,7 @@ from app.context import (
     example_truths,
     facts,
     in_lane,
+    initial_variant_choices,
     labels_known,
     sentence,
     valid,
@@ -388,7 +389,7 @@ def _vision_section(ctx: Context) -> tuple[gr.Dropdown, gr.CheckboxGroup, gr.Mar
                 elem_id="truth",
             )
             shelves = _example_shelves(ctx, base0, image, truth)
-            initial = variant_choices(ctx.store, None, base0)  # API clients never run demo.load
+            initial = initial_variant_choices(ctx.store, "image", base0)  # API clients never run demo.load
             variants = gr.CheckboxGroup(label="Models", elem_id="vision-variants", **choices(initial))
             button = gr.Button("Classify", variant="primary", elem_id="classify-btn")
         with gr.Column(scale=2, min_width=300):
@@ -423,7 +424,7 @@ def _language_controls(ctx: Context, base0: str | None, first: dict) -> dict:
         gr.Examples(
             [[p] for p in first["prompts"]], inputs=controls["prompt"], label="Prompts the models were built with"
         )
-    initial = variant_choices(ctx.store, None, base0, generators_only=True)
+    initial = initial_variant_choices(ctx.store, "lm", base0, generators_only=True)
     controls["variants"] = gr.CheckboxGroup(label="Models", elem_id="lm-variants", **choices(initial))
     # One slider per line: side by side, their labels wrap on a phone.
     controls["max_new"] = gr.Slider(1, LIMITS.max_new_tokens, value=80, step=1, label="Max new tokens")

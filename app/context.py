@@ -124,6 +124,21 @@ def variant_choices(
     return gr.update(choices=[(short_label(n, variants[n]), n) for n in names], value=names)
 
 
+def initial_variant_choices(
+    store: ModelStore, kind: str, base_name: str | None, generators_only: bool = False
+) -> dict:
+    """A section's model checkboxes as built: ``base_name``'s variants ticked, and every other ``kind`` base's
+    variants offered too, since Gradio checks an API call's values against the choices the page was built with
+    (a browser's page load narrows them to the base shown)."""
+    update = variant_choices(store, None, base_name, generators_only)
+    listed = {value for _, value in update["choices"]}
+    for other in store.names(kind):
+        extra = variant_choices(store, None, other, generators_only)["choices"]
+        update["choices"] += [(label, value) for label, value in extra if value not in listed]
+        listed |= {value for _, value in extra}
+    return update
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # What a model is
 

@@ -35,9 +35,9 @@ def _value(demo, elem_id: str):
 def test_first_paint_is_computed_once_at_build_time(served):
     _, demo = served
     vision = json.loads(_value(demo, "vision-plot")["plot"])
-    assert len([t for t in vision["data"] if t["type"] == "bar"]) == 6  # the default example, every model
     table = _value(demo, "vision-table")
-    assert table["headers"][-1] == "correct?" and len(table["data"]) == 6
+    models = len([t for t in vision["data"] if t["type"] == "bar"])  # the default example, every model
+    assert models >= 5 and table["headers"][-1] == "correct?" and len(table["data"]) == models
     assert {row[4] for row in table["data"]} <= {"✓ yes", "✗ no"}  # the example's truth is known
     assert json.loads(_value(demo, "token-plot")["plot"])["data"]  # next tokens of the default prompt
     deltas = json.loads(_value(demo, "heads-deltas")["plot"])

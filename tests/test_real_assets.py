@@ -35,6 +35,22 @@ def test_no_weights_of_a_packaged_base_are_in_the_repository():
             assert not big and not (folder / "model.safetensors").exists() and not (folder / "config.json").exists()
 
 
+def test_every_real_asset_has_a_card_with_its_measured_metric():
+    from hora.cards import card_metrics
+    from hora.cards import read as read_card
+
+    for name, folder in hub.embedded_assets().items():
+        base = name.split("/")[0]
+        if base not in PACKAGED:
+            continue
+        card, record = read_card(folder), read_metadata(folder)
+        assert card["license"] and card["base_model"] == PACKAGED[base].hub_repo
+        key = "accuracy" if PACKAGED[base].kind == "image" else "loss"
+        measured = record["metrics"][key] if "/" in name or key == "loss" else None
+        if measured is not None:
+            assert list(card_metrics(card).values()) == [pytest.approx(measured, abs=1e-4)], name
+
+
 @pytest.mark.slow
 def test_smollm2_adapters_answer_differently_from_the_base():
     name = "smollm2-135m-instruct"

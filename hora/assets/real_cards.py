@@ -114,6 +114,11 @@ model = hora.load_adapter(base, "{name}/hora")  # a peft.PeftModel
             info,
             "text-generation",
             f"held-out reply loss {info['metrics']['loss']:.3f} (base {base['metrics']['loss']:.3f})",
+            (
+                ("text-generation", "Chat in Shakespeare's voice"),
+                {"name": "Shakespeare's conversations", "type": "shakespeare"},
+                [cards.metric("loss", info["metrics"]["loss"], "held-out reply loss, Macbeth and The Tempest")],
+            ),
         )
 
 
@@ -193,10 +198,16 @@ model = hora.load_adapter(base, "{name}/hora")   # a 10-way classifier; feed it 
             info,
             "image-classification",
             f"held-out accuracy {info['metrics']['accuracy']:.3f}",
+            (
+                ("image-classification", "Image classification"),
+                {"name": "Fashion-MNIST, 500 held-out photos", "type": "fashion_mnist"},
+                [cards.metric("accuracy", info["metrics"]["accuracy"], "held-out accuracy")],
+            ),
         )
 
 
-def _adapter_card(folder: Path, base: str, info: dict, pipeline: str, result: str) -> None:
+def _adapter_card(folder: Path, base: str, info: dict, pipeline: str, result: str, index: tuple) -> None:
+    """One adapter's card; ``index`` is its model-index (task, dataset, metrics), as on the base's card."""
     method = info["method"]
     tried = ", ".join(f"{lr}: {next(iter(v.values())):.4f}" for lr, v in info["lr_search"].items())
     front = {
@@ -205,6 +216,7 @@ def _adapter_card(folder: Path, base: str, info: dict, pipeline: str, result: st
         "base_model": PACKAGED[base].hub_repo,
         "pipeline_tag": pipeline,
         "tags": ["hora-adapter", method, "few-shot", "embedded"],
+        "model-index": cards.model_index(info["name"], *index),
     }
     body = f"""
 # {info["name"]}: {label(method)} of `{base}`
