@@ -107,10 +107,14 @@ model = hora.load_adapter(base, "{name}/hora")  # a peft.PeftModel
 ```
 """
     cards.write(folder, front, body)
+    _lm_adapter_cards(folder, base, adapters)
+
+
+def _lm_adapter_cards(folder: Path, base: dict, adapters: dict[str, dict]) -> None:
     for method, info in adapters.items():
         _adapter_card(
             folder / "adapters" / method,
-            name,
+            base["name"],
             info,
             "text-generation",
             f"held-out reply loss {info['metrics']['loss']:.3f} (base {base['metrics']['loss']:.3f})",
