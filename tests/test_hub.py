@@ -2,42 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
-import shutil
 from pathlib import Path
 
 import peft
 import pytest
 import torch
-from helpers import char_tokenizer, example_inputs, tiny_llama, tiny_vit
+from helpers import HUB_SHA, char_tokenizer, example_inputs, hub_cache_repo, tiny_llama, tiny_vit
 from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
 
 import hora
 from hora.cards import read as read_card
 from hora.hub import HubError, embedded_assets
 from hora.loaders import LoadedBase, load_adapter, load_base
-
-
-SHA = "0123456789abcdef0123456789abcdef01234567"
-
-
-def hub_cache_repo(cache: Path, repo_id: str, source: Path, commit: str = SHA, ref: str = "main") -> Path:
-    """Copy ``source`` into ``cache`` in the Hub cache layout: blobs/ by sha256, snapshots/<commit>/ of
-    relative symlinks, refs/<ref> holding the commit."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    snapshot = repo / "snapshots" / commit
-    for file in sorted(p for p in source.rglob("*") if p.is_file()):
-        digest = hashlib.sha256(file.read_bytes()).hexdigest()
-        blob = repo / "blobs" / digest
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(file, blob)
-        link = snapshot / file.relative_to(source)
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / ref).write_text(commit)
-    return snapshot
 
 
 @pytest.fixture
@@ -77,7 +53,7 @@ def test_load_base_from_hub_cache_offline(tmp_path, offline_cache):
 
 def test_revision_pins_a_commit_and_unknown_revision_is_a_hub_error(tmp_path, offline_cache):
     hub_cache_repo(offline_cache, "someone/tiny-llama", save_llama(tmp_path / "src"))
-    assert load_base("someone/tiny-llama", revision=SHA).path.name == SHA
+    assert load_base("someone/tiny-llama", revision=HUB_SHA).path.name == HUB_SHA
     with pytest.raises(HubError, match="HF_HUB_OFFLINE"):
         load_base("someone/tiny-llama", revision="v2")
 

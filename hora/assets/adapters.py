@@ -10,6 +10,7 @@ Shakespeare the Folio plays minus the held-out works.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,6 +187,32 @@ def run_adapter(
         f"{base_name}/{method}: held-out {headline:.4f}, {info['trainable_parameters']:,} trainable, {info['training']['seconds']:.0f}s"
     )
     return info
+
+
+def search_lr(
+    base: str,
+    data: Any,
+    recipe: Callable[[float], TrainConfig],
+    runs: Path,
+    grid: tuple[float, ...],
+    metric: str,
+    log: Callable[[str], None],
+    data_source: str | None = None,
+) -> tuple[float, dict]:
+    """Train ``recipe(lr)`` for every learning rate of ``grid`` into ``runs/<method>-<lr>``; the best rate by the
+    engine's validation ``metric`` (accuracy: higher is better; loss: lower), ties to the lower rate, and what
+    each rate scored. A real base's adapters are tuned this way (``hora.assets.smollm``, ``hora.assets.dino``)."""
+    higher = metric == "accuracy"
+    tried: dict[float, dict[str, Any]] = {}
+    for lr in grid:
+        config = recipe(lr)
+        started = time.perf_counter()
+        result = train(base, data, config, out_dir=runs / f"{config.method}-{lr:g}", data_source=data_source)
+        score, step = result.best[metric], result.best["step"]
+        tried[lr] = {f"validation_{metric}": score, "best_step": step, "seconds": round(time.perf_counter() - started)}
+        log(f"{base}: {config.method} lr {lr:g}: validation {metric} {score:.{3 if higher else 4}f} at step {step}")
+    best = max(tried, key=lambda lr: ((1 if higher else -1) * tried[lr][f"validation_{metric}"], -lr))
+    return best, tried
 
 
 def to_bf16(folder: Path) -> None:

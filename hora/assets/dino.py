@@ -13,9 +13,9 @@ import io
 import json
 import re
 import tempfile
-import time
 import zipfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -122,38 +122,6 @@ def test_metrics(model: torch.nn.Module, data: ImageClassificationData, batch: i
     }
 
 
-def _progress(log: Callable[[str], None], method: str, lr: float) -> Callable[[Any], None]:
-    """A step callback that logs every tenth step (a long build says where it is)."""
-
-    def report(event: Any) -> None:
-        if event.step % 10 == 0 or event.metrics is not None and event.step == event.total_steps:
-            shown = f", validation {event.metrics}" if event.metrics else ""
-            log(f"{BASE}: {method} lr {lr:g} step {event.step}/{event.total_steps}, loss {event.loss:.4f}{shown}")
-
-    return report
-
-
-def _search(method: str, data: Any, runs: Path, grid: tuple[float, ...], steps: int, log: Callable) -> tuple:
-    from hora.train import train
-
-    tried: dict[float, dict[str, Any]] = {}
-    for lr in grid:
-        started = time.perf_counter()
-        result = train(
-            BASE, data, recipe(method, lr, steps=steps), out_dir=runs / f"{method}-{lr:g}", data_source=SAMPLE
-        )
-        tried[lr] = {
-            "validation_accuracy": result.best["accuracy"],
-            "best_step": result.best["step"],
-            "seconds": round(time.perf_counter() - started),
-        }
-        log(
-            f"{BASE}: {method} lr {lr:g}: validation accuracy {result.best['accuracy']:.3f} at step {result.best['step']}"
-        )
-    best = max(tried, key=lambda lr: (tried[lr]["validation_accuracy"], -lr))
-    return best, tried
-
-
 def build_dino(folder: Path, settings: Any, log: Callable[[str], None]) -> dict:
     """``root/dinov2-small/``: the head-only probe and the four adapters, cards, records, examples and sample."""
     splits = load_fashion_splits()
@@ -164,7 +132,9 @@ def build_dino(folder: Path, settings: Any, log: Callable[[str], None]) -> dict:
         runs = Path(scratch)
         for method in METHODS_BUILT:
             grid = LR_GRID[method] if not settings.quick else LR_GRID[method][:1]
-            best, tried = _search(method, data, runs, grid, steps, log)
+            best, tried = adapter_stage.search_lr(
+                BASE, data, partial(recipe, method, steps=steps), runs, grid, "accuracy", log, SAMPLE
+            )
             out = folder / "adapters" / method
             out.parent.mkdir(parents=True, exist_ok=True)
             (runs / f"{method}-{best:g}").rename(out)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -114,37 +114,6 @@ def answers(model: nn.Module, tokenizer: Any, prompts: tuple[str, ...] = PROMPTS
     return out
 
 
-def _progress(log: Callable[[str], None], method: str, lr: float) -> Callable[[Any], None]:
-    """A step callback that logs every tenth step (a long build says where it is)."""
-
-    def report(event: Any) -> None:
-        if event.step % 10 == 0 or event.metrics is not None and event.step == event.total_steps:
-            shown = f", validation {event.metrics}" if event.metrics else ""
-            log(f"{BASE}: {method} lr {lr:g} step {event.step}/{event.total_steps}, loss {event.loss:.4f}{shown}")
-
-    return report
-
-
-def _search(method: str, data: Any, runs: Path, grid: tuple[float, ...], steps: int, log: Callable) -> tuple:
-    """Train ``method`` at every learning rate of ``grid``; the best by the engine's validation loss."""
-    from hora.train import train
-
-    tried: dict[float, dict[str, Any]] = {}
-    for lr in grid:
-        started = time.perf_counter()
-        result = train(
-            BASE, data, recipe(method, lr, steps=steps), out_dir=runs / f"{method}-{lr:g}", data_source=SAMPLE
-        )
-        tried[lr] = {
-            "validation_loss": result.best["loss"],
-            "best_step": result.best["step"],
-            "seconds": round(time.perf_counter() - started),
-        }
-        log(f"{BASE}: {method} lr {lr:g}: validation loss {result.best['loss']:.4f} at step {result.best['step']}")
-    best = min(tried, key=lambda lr: tried[lr]["validation_loss"])
-    return best, tried
-
-
 def build_smollm(folder: Path, settings: Any, log: Callable[[str], None]) -> dict:
     """``root/smollm2-135m-instruct/``: adapters (bf16), their cards and records, the base's card and record with
     precomputed answers, and the Fine-tune tab's sample. The base's weights stay in hora's cache."""
@@ -163,7 +132,9 @@ def build_smollm(folder: Path, settings: Any, log: Callable[[str], None]) -> dic
         runs = Path(scratch)
         for method in LOW_RANK_METHODS:
             grid = LR_GRID[method] if not settings.quick else LR_GRID[method][:1]
-            best, tried = _search(method, data, runs, grid, steps, log)
+            best, tried = adapter_stage.search_lr(
+                BASE, data, partial(recipe, method, steps=steps), runs, grid, "loss", log, SAMPLE
+            )
             out = folder / "adapters" / method
             out.parent.mkdir(parents=True, exist_ok=True)
             (runs / f"{method}-{best:g}").rename(out)
