@@ -17,6 +17,9 @@ FASHION_CREDIT = (
 )
 
 
+COLUMNS = ["model", "rank", "trainable parameters", "learning rate"]  # of both bases' tables, then their metrics
+
+
 def _provenance(name: str) -> str:
     base = PACKAGED[name]
     return (
@@ -42,10 +45,7 @@ def write_lm_cards(folder: Path, base: dict, adapters: dict[str, dict]) -> None:
     """The base's card (with the side-by-side answers) and one card per adapter."""
     name = base["name"]
     header = [
-        "model",
-        "rank",
-        "trainable parameters",
-        "learning rate",
+        *COLUMNS,
         "held-out reply loss (nats/token, lower is better)",
         "perplexity",
     ]
@@ -138,10 +138,7 @@ def write_vision_cards(folder: Path, base: dict, adapters: dict[str, dict]) -> N
     """The base's card (the linear probe is its reference) and one card per adapter."""
     name = base["name"]
     header = [
-        "model",
-        "rank",
-        "trainable parameters",
-        "learning rate",
+        *COLUMNS,
         "held-out accuracy (chance 0.10)",
         "held-out loss",
     ]
