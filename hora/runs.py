@@ -49,8 +49,12 @@ def save_run(
     with atomic_dir(out_dir) as tmp:
         if info.method == "head":
             _save_head(tmp, model, info, task, metrics["base_model"])
+        elif info.method == "full":
+            model.save_pretrained(tmp)
         else:
-            model.save_pretrained(tmp)  # a PEFT adapter, or the whole model for `full`
+            # hora never resizes a base's vocabulary, so no embedding rows need saving; PEFT's "auto" would ask the
+            # Hub whether the base's name holds a config.json (a network call and a warning for packaged bases)
+            model.save_pretrained(tmp, save_embedding_layers=False)
         if info.method == "full" and task.tokenizer is not None:
             task.tokenizer.save_pretrained(tmp)
         if info.method == "full" and base_dir is not None and (base_dir / "preprocessor_config.json").is_file():

@@ -154,6 +154,26 @@ def test_non_finite_weights_are_never_saved(image_setup, tmp_path):
     assert not (tmp_path / "nan").exists()
 
 
+def test_an_adapter_of_a_base_known_by_name_saves_without_asking_the_hub(image_setup, tmp_path, monkeypatch):
+    # packaged bases record a bare name ("dinov2-small") as the adapter's base: PEFT's "auto" embedding check
+    # would look that name up on the Hub (a network call and a warning offline)
+    import peft.utils.save_and_load as peft_save
+
+    base, data = image_setup
+    result = train(base, data, TrainConfig(method="lora", **{**FAST, "steps": 1}))
+    result.model.peft_config["default"].base_model_name_or_path = "a-base-known-by-name"
+
+    def hub_lookup(*args, **kwargs):
+        raise AssertionError(f"asked the Hub: {args}")
+
+    monkeypatch.setattr(peft_save, "check_file_exists_on_hf_hub", hub_lookup)
+    from hora.methods import MethodInfo
+
+    info = MethodInfo("lora", result.model.peft_config["default"], 0, 0)
+    out = runs_module.save_run(tmp_path / "named", result.model, info, result.task, result.metrics)
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "a-base-known-by-name"
+
+
 def test_the_card_is_yaml_whatever_the_names_say(tmp_path):
     """Front matter goes through a YAML library: a data source that looks like YAML stays a string."""
     metrics = {
