@@ -2,9 +2,10 @@
 Pareto front on the real bases, sized for about 90 minutes on a 2-core CPU.
 
 Every method at two training-set sizes with three seeds, HoRA in both readings (A and B generated, the default;
-only the per-head B generated, ``generate_a=False``), LoRA at HoRA's rank and at HoRA's parameter budget; then, at
-the smaller size, LoRA and HoRA at ranks 4 and 16 as well, for the Pareto plot of the test metric against
-trainable parameters (as PEFT's method-comparison Space draws it). Each run is the engine with its learning rate
+only the per-head B generated, ``generate_a=False``), LoRA at HoRA's rank and at HoRA's parameter budget; then, on
+the vision base (whose runs are cheap enough), LoRA and HoRA at ranks 4 and 16 at the smaller size as well. The
+Pareto plot draws the test metric against trainable parameters at the smaller size for every variant run there (as
+PEFT's method-comparison Space draws it). Each run is the engine with its learning rate
 from the embedded adapter's search and the engine's own validation selecting the step (``keep_best``); the test set
 is the one of the base's card (replies of Macbeth and The Tempest; 500 held-out photos), never seen by training.
 Outputs in ``<assets>/bench/<base>/``: JSON (every run, the grid), HTML and PNG figures, README.md.
@@ -25,19 +26,26 @@ from hora.io import atomic_dir
 
 
 SEEDS = (0, 1, 2)
-VARIANTS = {  # name -> TrainConfig fields
-    "LoRA r8": {"method": "lora", "r": 8},
+# name -> TrainConfig fields over the base's recipe; match_params is always explicit, because the recipes match LoRA's
+# and DoRA's budget to HoRA's by default (as the embedded adapters are trained)
+VARIANTS = {
+    "LoRA r8": {"method": "lora", "r": 8, "match_params": False},
     "LoRA, HoRA's budget": {"method": "lora", "r": 8, "match_params": True},
-    "HoRA r8": {"method": "hora", "r": 8},
-    "HoRA r8, only B generated": {"method": "hora", "r": 8, "method_args": {"generate_a": False}},
-    "DoRA r8": {"method": "dora", "r": 8},
-    "DoRAN r8": {"method": "doran", "r": 8},
+    "HoRA r8": {"method": "hora", "r": 8, "match_params": False},
+    "HoRA r8, only B generated": {
+        "method": "hora",
+        "r": 8,
+        "match_params": False,
+        "method_args": {"generate_a": False},
+    },
+    "DoRA r8": {"method": "dora", "r": 8, "match_params": False},
+    "DoRAN r8": {"method": "doran", "r": 8, "match_params": False},
 }
-PARETO = {  # at the smaller training-set size only
-    "LoRA r4": {"method": "lora", "r": 4},
-    "LoRA r16": {"method": "lora", "r": 16},
-    "HoRA r4": {"method": "hora", "r": 4},
-    "HoRA r16": {"method": "hora", "r": 16},
+PARETO = {  # more ranks, at the smaller training-set size only
+    "LoRA r4": {"method": "lora", "r": 4, "match_params": False},
+    "LoRA r16": {"method": "lora", "r": 16, "match_params": False},
+    "HoRA r4": {"method": "hora", "r": 4, "match_params": False},
+    "HoRA r16": {"method": "hora", "r": 16, "match_params": False},
 }
 
 
@@ -59,6 +67,7 @@ def _lm_setup(assets: Path, quick: bool) -> dict[str, Any]:
         "shots_label": "training chunks of 128 tokens",
         "metric_label": "test reply loss (nats/token, lower is better), Macbeth and The Tempest",
         "extra": {},
+        "pareto": {},  # a real-LM run costs about 2 minutes here: the six variants are the Pareto plot's points
     }
 
 
@@ -76,6 +85,7 @@ def _vision_setup(assets: Path, quick: bool) -> dict[str, Any]:
         "shots_label": "shots per class",
         "metric_label": "test accuracy on 500 held-out photos (chance 0.10)",
         "extra": {"Head only (linear probe)": {"method": "head"}},
+        "pareto": PARETO,
     }
 
 
@@ -94,8 +104,7 @@ def run_real_bench(assets: str | Path, base: str, *, quick: bool = False, log: C
     seeds = SEEDS[:2] if quick else SEEDS
     started = time.perf_counter()
     reports = []
-    grid = [({**setup["extra"], **VARIANTS}, setup["shots"]), (PARETO, setup["shots"][:1])]
-    for variants, shots in grid:
+    for variants, shots in grid(setup):
         for name, fields in variants.items():  # one call per variant: each keeps its method's learning rate
             config = setup["recipe"](fields["method"], lrs[fields["method"]])
             log(f"bench {base}: {name}, sizes {list(shots)}, seeds {list(seeds)}, lr {config.lr:g}")
@@ -115,6 +124,11 @@ def run_real_bench(assets: str | Path, base: str, *, quick: bool = False, log: C
     cards.refresh_manifest(assets, **{f"bench_seconds_{base}": report["wall_seconds"]})
     log(f"bench {base}: done in {report['wall_seconds'] / 60:.1f} min\n{table(report)}")
     return report
+
+
+def grid(setup: dict[str, Any]) -> list[tuple[dict[str, dict], tuple[int, ...]]]:
+    """(variants, training-set sizes) pairs: every variant at every size, then the extra ranks at the smaller size."""
+    return [({**setup["extra"], **VARIANTS}, tuple(setup["shots"])), (setup["pareto"], tuple(setup["shots"][:1]))]
 
 
 def _merge(reports: list[dict], base: str, setup: dict, quick: bool, seconds: float) -> dict:
@@ -231,4 +245,4 @@ def _figures(report: dict, folder: Path) -> list[Path]:
     return out
 
 
-__all__ = ["PARETO", "SEEDS", "VARIANTS", "run_real_bench", "table"]
+__all__ = ["PARETO", "SEEDS", "VARIANTS", "grid", "run_real_bench", "table"]
