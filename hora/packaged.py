@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hora.converters import convert_dinov2, convert_smollm2
-from hora.io import atomic_dir
+from hora.io import atomic_dir, write_atomic
 
 
 CONVERTER_VERSION = 1  # bump when a converter's output changes: caches written by older converters are redone
@@ -220,9 +220,7 @@ def cache_problem(name: str, cache_dir: str | os.PathLike | None = None, *, full
             return "the installed source file differs from the one converted"
         record["source"]["mtime_ns"] = stat.st_mtime_ns
         with contextlib.suppress(OSError):
-            tmp = folder / f".{RECORD}.{os.getpid()}.tmp"
-            tmp.write_text(json.dumps(record, indent=2) + "\n")
-            os.replace(tmp, folder / RECORD)
+            write_atomic(folder / RECORD, json.dumps(record, indent=2) + "\n")
     return None
 
 

@@ -31,3 +31,71 @@ def test_the_grid_runs_every_variant_at_every_size_and_extra_ranks_at_the_smalle
     assert list(main) == ["Head only", *VARIANTS] and sizes == (2, 8)
     assert extra == PARETO and extra_sizes == (2,)
     assert not set(main) & set(extra)
+
+
+@pytest.fixture
+def fake_grid(tmp_path, monkeypatch):
+    """A real-bench grid on a made-up base whose runs are recorded, not trained: the resume logic alone."""
+    from hora import bench
+    from hora.assets import cards, real_bench
+    from hora.assets.common import METADATA
+
+    for method in ("head", "lora", "hora", "dora", "doran"):
+        folder = tmp_path / "dinov2-small" / "adapters" / method
+        folder.mkdir(parents=True)
+        (folder / METADATA).write_text('{"lr": 0.001}')
+    setup = {
+        "data": None,
+        "recipe": lambda method, lr: dino.recipe(method, lr, steps=1),
+        "test": None,
+        "shots": (2, 8),
+        "shots_label": "shots per class",
+        "metric_label": "accuracy",
+        "extra": {},
+        "pareto": {},
+    }
+    monkeypatch.setitem(real_bench.SETUPS, "dinov2-small", lambda assets, quick: setup)
+    monkeypatch.setattr(cards, "refresh_manifest", lambda root, **facts: None)
+    calls = []
+
+    def sample_efficiency(base, data, *, variants, shots, seeds, config, test):
+        (name,) = variants
+        if calls and calls[-1] == "fail here":
+            raise KeyboardInterrupt
+        calls.append(name)
+        runs = [{"trainable_params": 10 * len(calls), "method": name}]
+        results = {name: {str(k): {"mean": 0.5, "ci_low": 0.4, "ci_high": 0.6} for k in shots}}
+        report = {"metric": "accuracy", "higher_is_better": True, "seeds": list(seeds), "methods": [name]}
+        return {**report, "variants": variants, "config": {}, "results": results, "runs": runs}
+
+    monkeypatch.setattr(bench, "sample_efficiency", sample_efficiency)
+    return tmp_path, calls
+
+
+def test_an_interrupted_grid_resumes_where_it_stopped(fake_grid):
+    from hora.assets.real_bench import run_real_bench
+
+    assets, calls = fake_grid
+    names = list(VARIANTS)
+    calls.extend(["fail here"])  # the first run is interrupted at once: nothing is kept
+    with pytest.raises(KeyboardInterrupt):
+        run_real_bench(assets, "dinov2-small", log=lambda m: None)
+    calls.clear()
+    run_real_bench(assets, "dinov2-small", only=names[1:3], log=lambda m: None)  # two variants, kept
+    assert calls == names[1:3]
+    assert (assets / ".runs-bench-dinov2-small").is_dir()
+    calls.clear()
+    report = run_real_bench(assets, "dinov2-small", log=lambda m: None)  # the rest; the two are reused
+    assert calls == names[:1] + names[3:]
+    assert list(report["results"]) == names
+    assert not (assets / ".runs-bench-dinov2-small").exists()  # the whole grid is written: nothing left to resume
+    assert (assets / "bench" / "dinov2-small" / "sample_efficiency.json").is_file()
+
+
+def test_unknown_variants_are_refused_by_name(fake_grid):
+    from hora.assets.real_bench import run_real_bench
+
+    assets, calls = fake_grid
+    with pytest.raises(ValueError, match="Unknown variant.*'LoRA r9'"):
+        run_real_bench(assets, "dinov2-small", only=["LoRA r9"], log=lambda m: None)
+    assert calls == []

@@ -32,6 +32,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=["vit-digits", "lm-shakespeare", "smollm2-135m-instruct", "dinov2-small"],
         help="the embedded base to run it on",
     )
+    bench.add_argument(
+        "--variants",
+        nargs="+",
+        metavar="NAME",
+        help="real bases only: run (or reuse, when an interrupted run finished them) only these variants of the grid",
+    )
     shots = commands.add_parser(
         "screenshots", help="copy the browser tests' screenshots of the app into <out>/screenshots (for the README)"
     )
@@ -55,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
             from hora.assets.real_bench import SETUPS, run_real_bench
 
             if args.base in SETUPS:
-                run_real_bench(args.out, args.base, quick=args.quick, log=lambda m: print(m, flush=True))
+                log = lambda m: print(m, flush=True)  # noqa: E731
+                run_real_bench(args.out, args.base, quick=args.quick, only=args.variants, log=log)
+            elif args.variants:
+                parser.error("--variants is for the real bases' grid (smollm2-135m-instruct, dinov2-small)")
             else:
                 from hora.assets.bench import run_bench
 

@@ -14,15 +14,17 @@ Outputs in ``<assets>/bench/<base>/``: JSON (every run, the grid), HTML and PNG 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from hora import cards as hora_cards
 from hora.assets import cards
 from hora.assets.common import read_metadata
-from hora.io import atomic_dir
+from hora.io import atomic_dir, write_atomic
 
 
 SEEDS = (0, 1, 2)
@@ -30,7 +32,6 @@ SEEDS = (0, 1, 2)
 # and DoRA's budget to HoRA's by default (as the embedded adapters are trained)
 VARIANTS = {
     "LoRA r8": {"method": "lora", "r": 8, "match_params": False},
-    "LoRA, HoRA's budget": {"method": "lora", "r": 8, "match_params": True},
     "HoRA r8": {"method": "hora", "r": 8, "match_params": False},
     "HoRA r8, only B generated": {
         "method": "hora",
@@ -38,6 +39,7 @@ VARIANTS = {
         "match_params": False,
         "method_args": {"generate_a": False},
     },
+    "LoRA, HoRA's budget": {"method": "lora", "r": 8, "match_params": True},
     "DoRA r8": {"method": "dora", "r": 8, "match_params": False},
     "DoRAN r8": {"method": "doran", "r": 8, "match_params": False},
 }
@@ -92,36 +94,67 @@ def _vision_setup(assets: Path, quick: bool) -> dict[str, Any]:
 SETUPS = {"smollm2-135m-instruct": _lm_setup, "dinov2-small": _vision_setup}
 
 
-def run_real_bench(assets: str | Path, base: str, *, quick: bool = False, log: Callable[[str], None] = print) -> dict:
-    """The grid on ``base``; writes ``<assets>/bench/<base>/`` and refreshes the manifest."""
+def run_real_bench(
+    assets: str | Path,
+    base: str,
+    *,
+    quick: bool = False,
+    only: list[str] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """The grid on ``base`` (or only the variants named in ``only``); writes ``<assets>/bench/<base>/`` and refreshes
+    the manifest.
+
+    Every finished variant is kept in ``<assets>/.runs-bench-<base>/`` until the whole grid's report is written, so an
+    interrupted run resumes where it stopped (a variant is reused only if its settings are the same).
+    """
     from hora import bench
 
     assets = Path(assets)
     setup = SETUPS[base](assets, quick)
+    known = [name for variants, _ in grid(setup) for name in variants]
+    unknown = sorted(set(only or []) - set(known))
+    if unknown:
+        raise ValueError(f"Unknown variant(s) {unknown} for {base}; choose from {known}.")
     lrs = {m: read_metadata(assets / base / "adapters" / m)["lr"] for m in ("lora", "hora", "dora", "doran")}
     if base == "dinov2-small":
         lrs["head"] = read_metadata(assets / base / "adapters" / "head")["lr"]
     seeds = SEEDS[:2] if quick else SEEDS
-    started = time.perf_counter()
-    reports = []
-    for variants, shots in grid(setup):
-        for name, fields in variants.items():  # one call per variant: each keeps its method's learning rate
-            config = setup["recipe"](fields["method"], lrs[fields["method"]])
+    finished = assets / f".runs-bench-{base}"
+    finished.mkdir(parents=True, exist_ok=True)
+    reports, seconds = [], 0.0
+    for group, (variants, shots) in enumerate(grid(setup)):
+        for index, (name, fields) in enumerate(variants.items()):
+            if only and name not in only:
+                continue
+            config = setup["recipe"](fields["method"], lrs[fields["method"]])  # each keeps its method's rate
+            settings = json.loads(json.dumps([name, fields, shots, seeds, asdict(config)], default=str))
+            saved = finished / f"{group}-{index:02d}.json"
+            if saved.is_file() and (kept := json.loads(saved.read_text()))["settings"] == settings:
+                log(f"bench {base}: {name} done before, reused")
+                reports.append(kept["report"])
+                seconds += kept["seconds"]
+                continue
             log(f"bench {base}: {name}, sizes {list(shots)}, seeds {list(seeds)}, lr {config.lr:g}")
-            reports.append(
-                bench.sample_efficiency(
-                    base,
-                    setup["data"],
-                    variants={name: fields},
-                    shots=shots,
-                    seeds=seeds,
-                    config=config,
-                    test=setup["test"],
-                )
+            started = time.perf_counter()
+            report = bench.sample_efficiency(
+                base,
+                setup["data"],
+                variants={name: fields},
+                shots=shots,
+                seeds=seeds,
+                config=config,
+                test=setup["test"],
             )
-    report = _merge(reports, base, setup, quick, time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            write_atomic(saved, json.dumps({"settings": settings, "report": report, "seconds": elapsed}))
+            reports.append(report)
+            seconds += elapsed
+    report = _merge(reports, base, setup, quick, seconds)
     _write(assets / "bench" / base, report)
     cards.refresh_manifest(assets, **{f"bench_seconds_{base}": report["wall_seconds"]})
+    if not only:
+        shutil.rmtree(finished)
     log(f"bench {base}: done in {report['wall_seconds'] / 60:.1f} min\n{table(report)}")
     return report
 
