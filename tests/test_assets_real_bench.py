@@ -53,6 +53,7 @@ def fake_grid(tmp_path, monkeypatch):
         "metric_label": "accuracy",
         "extra": {},
         "pareto": {},
+        "reference": ("The base itself", lambda: {"accuracy": 0.25}),
     }
     monkeypatch.setitem(real_bench.SETUPS, "dinov2-small", lambda assets, quick: setup)
     monkeypatch.setattr(cards, "refresh_manifest", lambda root, **facts: None)
@@ -89,7 +90,9 @@ def test_an_interrupted_grid_resumes_where_it_stopped(fake_grid):
     assert calls == names[:1] + names[3:]
     assert list(report["results"]) == names
     assert not (assets / ".runs-bench-dinov2-small").exists()  # the whole grid is written: nothing left to resume
-    assert (assets / "bench" / "dinov2-small" / "sample_efficiency.json").is_file()
+    assert report["reference"] == {"name": "The base itself", "value": 0.25}
+    written = (assets / "bench" / "dinov2-small" / "README.md").read_text()
+    assert "| The base itself | 0 | 0.250 | 0.250 |" in written
 
 
 def test_unknown_variants_are_refused_by_name(fake_grid):

@@ -61,12 +61,17 @@ def _lm_setup(assets: Path, quick: bool) -> dict[str, Any]:
     conversations = load_conversations()
     step = max(1, len(conversations.heldout) // 48)
     heldout = conversations.heldout[::step][:48]  # half the card's test: 48 exchanges, ~4.5k reply tokens
+
+    def test(model: Any) -> dict[str, float]:
+        return {"test_reply_loss": smollm.reply_loss(model, tokenizer, heldout)["loss"]}
+
     return {
         "data": LanguageModelingData(chat_documents(tokenizer, conversations.train)),
         # 12 steps (4 x 128 tokens) validated every 4, to fit the CPU: the embedded adapters' validation loss made most
         # of its 40 steps' gain by step 10 (3.41 at step 5, 3.08 at 10, 2.86 at 40), and keep-best guards overfitting
         "recipe": lambda method, lr: replace(smollm.recipe(method, lr, steps=4 if quick else 12), eval_every=4),
-        "test": lambda model: {"test_reply_loss": smollm.reply_loss(model, tokenizer, heldout)["loss"]},
+        "test": test,
+        "reference": ("SmolLM2 itself (no adapter)", lambda: test(load_base(smollm.BASE).model)),
         "shots": (8, 32),
         "shots_label": "training chunks of 128 tokens",
         "metric_label": "test reply loss (nats/token, lower is better), Macbeth and The Tempest",
@@ -88,7 +93,7 @@ def _vision_setup(assets: Path, quick: bool) -> dict[str, Any]:
         "shots": (2, 8),
         "shots_label": "shots per class",
         "metric_label": "test accuracy on 500 held-out photos (chance 0.10)",
-        "extra": {"Head only (linear probe)": {"method": "head"}},
+        "extra": {"Head only (linear probe)": {"method": "head"}},  # the reference: a backbone has no head of its own
         "pareto": PARETO,
     }
 
@@ -122,6 +127,11 @@ def run_real_bench(
     if base == "dinov2-small":
         lrs["head"] = read_metadata(assets / base / "adapters" / "head")["lr"]
     seeds = SEEDS[:2] if quick else SEEDS
+    reference = None
+    if setup.get("reference"):  # the base's own test metric, on the same test set, next to every adapter's
+        name, measure = setup["reference"]
+        reference = {"name": name, "value": next(iter(measure().values()))}
+        log(f"bench {base}: {name}: {reference['value']:.4f}")
     finished = assets / f".runs-bench-{base}"
     finished.mkdir(parents=True, exist_ok=True)
     reports, seconds = [], 0.0
@@ -152,7 +162,7 @@ def run_real_bench(
             write_atomic(saved, json.dumps({"settings": settings, "report": report, "seconds": elapsed}))
             reports.append(report)
             seconds += elapsed
-    report = _merge(reports, base, setup, quick, seconds)
+    report = {**_merge(reports, base, setup, quick, seconds), "reference": reference}
     _write(assets / "bench" / base, report)
     cards.refresh_manifest(assets, **{f"bench_seconds_{base}": report["wall_seconds"]})
     if not only:
@@ -193,6 +203,9 @@ def table(report: dict) -> str:
     """Mean [95% CI] of the test metric per variant and training-set size."""
     header = ["variant", "trainable params"] + [f"{k} {report['shots_label']}" for k in report["shots"]]
     rows = []
+    if report.get("reference"):
+        reference = report["reference"]
+        rows.append([reference["name"], "0", *[f"{reference['value']:.3f}" for _ in report["shots"]]])
     for name, results in report["results"].items():
         cells = [
             f"{results[str(k)]['mean']:.3f} [{results[str(k)]['ci_low']:.3f}, {results[str(k)]['ci_high']:.3f}]"
@@ -219,6 +232,11 @@ def _write(folder: Path, report: dict) -> None:
         )
 
 
+def _reference_line(ax: Any, report: dict) -> None:
+    if report.get("reference"):
+        ax.axhline(report["reference"]["value"], color="grey", linestyle="--", label=report["reference"]["name"])
+
+
 def _figures(report: dict, folder: Path) -> list[Path]:
     """Sample efficiency (metric against size) and the Pareto plot (metric against trainable parameters)."""
     try:
@@ -243,6 +261,7 @@ def _figures(report: dict, folder: Path) -> list[Path]:
             marker="o",
             capsize=3,
         )
+    _reference_line(ax, report)
     ax.set_xscale("log")
     ax.set_xticks(report["shots"], [str(k) for k in report["shots"]])
     ax.minorticks_off()
@@ -267,6 +286,7 @@ def _figures(report: dict, folder: Path) -> list[Path]:
             capsize=3,
             label=name,
         )
+    _reference_line(ax, report)
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters")
     ax.set_ylabel(report["metric_label"], fontsize=8)
