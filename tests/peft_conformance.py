@@ -167,12 +167,12 @@ def build_cases() -> list[Case]:
     conv1d = {"target_modules": ["conv1d"], "head_layout": {"conv1d": 1}}  # transformers' Conv1D(1, 5), as GPT-2's
     hora_cases = [
         *_mirrors("HoRA", hora.HoraConfig),
-        Case(
-            "Vanilla MLP 7 HoRA static A",
+        Case(  # HoRA's default generates only B; this is the other reading
+            "Vanilla MLP 7 HoRA generated A",
             "HoRA",
             "MLP",
             hora.HoraConfig,
-            {**both, "generate_a": False, "share_qv": False},
+            {**both, "generate_a": True, "share_qv": False},
             "Vanilla MLP 4 LoRA",
         ),
         Case(
@@ -213,7 +213,7 @@ def build_multi_cases() -> list[Case]:
                               {**base, "target_modules": [second]}))  # fmt: skip
         # two differently built adapters on one module: plain A + shared first layers, generated A + unshared
         cases.append(Case(f"{method} Same static A + unshared", method, tuner, cls, {**base, "generate_a": False},
-                          "LoRA Same", {**base, "share_qv": False}))  # fmt: skip
+                          "LoRA Same", {**base, "generate_a": True, "share_qv": False}))  # fmt: skip
     cases.append(Case("DoRAN Same static + channel tau", "DoRAN", "doran", hora.DoranConfig,
                       {**base, "use_generator": False}, "LoRA Same", {**base, "tau_granularity": "channel"}))  # fmt: skip
     return cases

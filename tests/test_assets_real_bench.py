@@ -8,7 +8,10 @@ from dataclasses import replace
 import pytest
 
 from hora.assets import dino, smollm
-from hora.assets.real_bench import PARETO, VARIANTS, grid
+from hora.assets.real_bench import PARETO, grid, variants
+
+
+VARIANTS = variants(budget_rank=25)
 
 
 @pytest.mark.parametrize("recipe", [smollm.recipe, dino.recipe], ids=["smollm2", "dinov2"])
@@ -16,17 +19,18 @@ from hora.assets.real_bench import PARETO, VARIANTS, grid
 def test_every_variant_trains_what_its_name_says(recipe, name):
     fields = {**VARIANTS, **PARETO}[name]
     config = replace(recipe(fields["method"], 1e-3), **fields)
-    # the recipes match LoRA's and DoRA's budget to HoRA's; only the variant named so may
-    assert config.match_params == ("budget" in name)
+    # the recipes match LoRA's and DoRA's budget to HoRA's; every variant here names its rank instead
+    assert not config.match_params
     assert config.method == name.split()[0].rstrip(",").lower()
-    rank = re.search(r"\br(\d+)\b", name)
-    assert config.match_params or int(rank.group(1)) == config.r
-    assert config.hyper_hidden >= config.r  # HoRA's generator needs p >= r
-    assert (config.method_args or {}).get("generate_a", True) == ("only B" not in name)
+    assert int(re.search(r"\br(\d+)\b", name).group(1)) == config.r
+    assert config.method not in ("hora", "doran") or config.hyper_hidden >= config.r  # a generator needs p >= r
+    reading = (config.method_args or {}).get("generate_a")
+    if config.method == "hora":  # both readings named, neither left to the default
+        assert reading is ("A and B" in name) and reading is not ("only B" in name)
 
 
 def test_the_grid_runs_every_variant_at_every_size_and_extra_ranks_at_the_smaller():
-    setup = {"extra": {"Head only": {"method": "head"}}, "pareto": PARETO, "shots": (2, 8)}
+    setup = {"extra": {"Head only": {"method": "head"}}, "budget_rank": 25, "pareto": PARETO, "shots": (2, 8)}
     (main, sizes), (extra, extra_sizes) = grid(setup)
     assert list(main) == ["Head only", *VARIANTS] and sizes == (2, 8)
     assert extra == PARETO and extra_sizes == (2,)
@@ -52,6 +56,7 @@ def fake_grid(tmp_path, monkeypatch):
         "shots_label": "shots per class",
         "metric_label": "accuracy",
         "extra": {},
+        "budget_rank": 25,
         "pareto": {},
         "reference": ("The base itself", lambda: {"accuracy": 0.25}),
     }

@@ -63,13 +63,16 @@ def test_block_and_projection_keys():
 
 
 def test_each_block_gets_its_own_generator_shared_by_its_projections():
-    model = peft.get_peft_model(tiny_llama(), hora.HoraConfig(r=4, hyper_hidden=8))
+    model = peft.get_peft_model(tiny_llama(), hora.HoraConfig(r=4, hyper_hidden=8, generate_a=True))
     bank = model.base_model.hora_generator["default"]
     assert sorted(bank.blocks) == ["block0", "block1"]
     block = bank.blocks["block0"]
     assert list(block.a_in) == ["n32"] and list(block.b_in) == ["n8"]  # shared first layers (q and v)
     assert sorted(block.a_out) == ["self_attn__q_proj", "self_attn__v_proj"]
-    separate = peft.get_peft_model(tiny_llama(), hora.HoraConfig(r=4, hyper_hidden=8, share_qv=False))
+    default = peft.get_peft_model(tiny_llama(), hora.HoraConfig(r=4, hyper_hidden=8))  # only B generated
+    only_b = default.base_model.hora_generator["default"].blocks["block0"]
+    assert list(only_b.a_in) == [] and list(only_b.b_in) == ["n8"] and list(only_b.a_out) == []
+    separate = peft.get_peft_model(tiny_llama(), hora.HoraConfig(r=4, hyper_hidden=8, share_qv=False, generate_a=True))
     assert sorted(separate.base_model.hora_generator["default"].blocks["block0"].a_in) == [
         "self_attn__q_proj",
         "self_attn__v_proj",

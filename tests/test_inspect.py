@@ -121,22 +121,31 @@ def test_effective_rank():
     assert hora.effective_rank(torch.randn(4, 8, 6)).shape == (4,)
 
 
-def expected_hora_params(hidden: int, head_dim: int, out: dict[str, int], r: int, p: int, layers: int) -> int:
+def expected_hora_params(
+    hidden: int, head_dim: int, out: dict[str, int], r: int, p: int, layers: int, generate_a: bool
+) -> int:
     """The README's formula: seeds r·(in + out) per projection, plus per block the shared first layers
-    (n·p + p, for n = hidden and n = head_dim) and per projection the second layers (p·n + n)."""
+    (n·p + p, for n = hidden and n = head_dim) and per projection the second layers (p·n + n); without G_A
+    (``generate_a=False``, the default) the terms with n = hidden go."""
     seeds = sum(r * (hidden + o) for o in out.values())
-    first = (hidden * p + p) + (head_dim * p + p)
-    second = len(out) * ((p * hidden + hidden) + (p * head_dim + head_dim))
+    first = (hidden * p + p) * generate_a + (head_dim * p + p)
+    second = len(out) * ((p * hidden + hidden) * generate_a + (p * head_dim + head_dim))
     return layers * (seeds + first + second)
 
 
+@pytest.mark.parametrize("generate_a", [False, True], ids=["default", "A-generated"])
 @pytest.mark.parametrize(
     "kind,out", [("vit", {"q": 32, "v": 32}), ("gpt2", {"c_attn": 96}), ("llama", {"q": 32, "v": 16})]
 )
-def test_parameter_count_matches_the_readme_formula(kind, out):
-    model = peft.get_peft_model(BUILDERS[kind](), hora.HoraConfig(r=4, hyper_hidden=8))
+def test_parameter_count_matches_the_readme_formula(kind, out, generate_a):
+    config = (
+        hora.HoraConfig(r=4, hyper_hidden=8)
+        if not generate_a
+        else hora.HoraConfig(r=4, hyper_hidden=8, generate_a=True)
+    )
+    model = peft.get_peft_model(BUILDERS[kind](), config)
     report = hora.param_report(model)
-    expected = expected_hora_params(hidden=32, head_dim=8, out=out, r=4, p=8, layers=2)
+    expected = expected_hora_params(hidden=32, head_dim=8, out=out, r=4, p=8, layers=2, generate_a=generate_a)
     assert report.trainable == expected
     assert report.rows["generator"][0] + report.rows["low-rank factors"][0] == expected
     assert report.rows["low-rank factors"][0] == 2 * sum(4 * (32 + o) for o in out.values())  # LoRA's own count

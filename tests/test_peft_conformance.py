@@ -76,7 +76,7 @@ def test_cases_mirror_lora_and_build_valid_configs():
     # the variants the issue asks for are all there
     settings = [(case.method, key, value) for case in cases for key, value in case.kwargs.items()]
     for wanted in [
-        ("HoRA", "generate_a", False),
+        ("HoRA", "generate_a", True),  # the default is False
         ("HoRA", "share_qv", False),
         ("DoRAN", "generate_a", False),
         ("DoRAN", "tau_granularity", "channel"),

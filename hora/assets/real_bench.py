@@ -1,9 +1,10 @@
 """``python -m hora.assets bench --base smollm2-135m-instruct|dinov2-small``: sample efficiency and a parameter
 Pareto front on the real bases, sized for about 90 minutes on a 2-core CPU.
 
-Every method at two training-set sizes with three seeds, HoRA in both readings (A and B generated, the default;
-only the per-head B generated, ``generate_a=False``), LoRA at HoRA's rank and at HoRA's parameter budget; then, on
-the vision base (whose runs are cheap enough), LoRA and HoRA at ranks 4 and 16 at the smaller size as well. The
+Every method at two training-set sizes with three seeds, HoRA in both readings (A and B generated; only the per-head
+B generated, ``generate_a=False``, the default since this benchmark), LoRA at HoRA's rank and at the parameter budget
+of HoRA with A generated; then, on the vision base (whose runs are cheap enough), LoRA and HoRA at ranks 4 and 16 at
+the smaller size as well. The
 Pareto plot draws the test metric against trainable parameters at the smaller size for every variant run there (as
 PEFT's method-comparison Space draws it). Each run is the engine with its learning rate
 from the embedded adapter's search and the engine's own validation selecting the step (``keep_best``); the test set
@@ -14,6 +15,7 @@ Outputs in ``<assets>/bench/<base>/``: JSON (every run, the grid), HTML and PNG 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -28,26 +30,33 @@ from hora.io import atomic_dir, write_atomic
 
 
 SEEDS = (0, 1, 2)
-# name -> TrainConfig fields over the base's recipe; match_params is always explicit, because the recipes match LoRA's
-# and DoRA's budget to HoRA's by default (as the embedded adapters are trained)
-VARIANTS = {
-    "LoRA r8": {"method": "lora", "r": 8, "match_params": False},
-    "HoRA r8": {"method": "hora", "r": 8, "match_params": False},
-    "HoRA r8, only B generated": {
-        "method": "hora",
-        "r": 8,
-        "match_params": False,
-        "method_args": {"generate_a": False},
-    },
-    "LoRA, HoRA's budget": {"method": "lora", "r": 8, "match_params": True},
-    "DoRA r8": {"method": "dora", "r": 8, "match_params": False},
-    "DoRAN r8": {"method": "doran", "r": 8, "match_params": False},
-}
+A_AND_B, ONLY_B = {"generate_a": True}, {"generate_a": False}  # HoRA's two readings; only B is the default
+
+
+def variants(budget_rank: int) -> dict[str, dict[str, Any]]:
+    """Name -> TrainConfig fields over the base's recipe, for every size. Ranks and readings are explicit (the recipes
+    match LoRA's and DoRA's budget to HoRA's, as the embedded adapters are trained; here every rank is named).
+    ``budget_rank``: the LoRA rank whose parameters match HoRA's with A and B generated at r=8 on this base."""
+    return {
+        "LoRA r8": {"method": "lora", "r": 8, "match_params": False},
+        "HoRA r8, A and B generated": {"method": "hora", "r": 8, "match_params": False, "method_args": A_AND_B},
+        "HoRA r8, only B generated (default)": {
+            "method": "hora",
+            "r": 8,
+            "match_params": False,
+            "method_args": ONLY_B,
+        },
+        f"LoRA r{budget_rank}, HoRA A+B's budget": {"method": "lora", "r": budget_rank, "match_params": False},
+        "DoRA r8": {"method": "dora", "r": 8, "match_params": False},
+        "DoRAN r8": {"method": "doran", "r": 8, "match_params": False},
+    }
+
+
 PARETO = {  # more ranks, at the smaller training-set size only
     "LoRA r4": {"method": "lora", "r": 4, "match_params": False},
     "LoRA r16": {"method": "lora", "r": 16, "match_params": False},
-    "HoRA r4": {"method": "hora", "r": 4, "match_params": False},
-    "HoRA r16": {"method": "hora", "r": 16, "match_params": False},
+    "HoRA r4, A and B generated": {"method": "hora", "r": 4, "match_params": False, "method_args": A_AND_B},
+    "HoRA r16, A and B generated": {"method": "hora", "r": 16, "match_params": False, "method_args": A_AND_B},
 }
 
 
@@ -76,6 +85,7 @@ def _lm_setup(assets: Path, quick: bool) -> dict[str, Any]:
         "shots_label": "training chunks of 128 tokens",
         "metric_label": "test reply loss (nats/token, lower is better), Macbeth and The Tempest",
         "extra": {},
+        "budget_rank": 25,  # match_params against HoRA r8 with A generated (the embedded adapters' cards)
         "pareto": {},  # a real-LM run costs about 2 minutes here: the six variants are the Pareto plot's points
     }
 
@@ -94,6 +104,7 @@ def _vision_setup(assets: Path, quick: bool) -> dict[str, Any]:
         "shots_label": "shots per class",
         "metric_label": "test accuracy on 500 held-out photos (chance 0.10)",
         "extra": {"Head only (linear probe)": {"method": "head"}},  # the reference: a backbone has no head of its own
+        "budget_rank": 23,  # match_params against HoRA r8 with A generated (the embedded adapters' cards)
         "pareto": PARETO,
     }
 
@@ -173,7 +184,8 @@ def run_real_bench(
 
 def grid(setup: dict[str, Any]) -> list[tuple[dict[str, dict], tuple[int, ...]]]:
     """(variants, training-set sizes) pairs: every variant at every size, then the extra ranks at the smaller size."""
-    return [({**setup["extra"], **VARIANTS}, tuple(setup["shots"])), (setup["pareto"], tuple(setup["shots"][:1]))]
+    every_size = {**setup["extra"], **variants(setup["budget_rank"])}
+    return [(every_size, tuple(setup["shots"])), (setup["pareto"], tuple(setup["shots"][:1]))]
 
 
 def _merge(reports: list[dict], base: str, setup: dict, quick: bool, seconds: float) -> dict:
@@ -232,6 +244,23 @@ def _write(folder: Path, report: dict) -> None:
         )
 
 
+def families(report: dict) -> dict[str, list[str]]:
+    """Variants grouped by method and reading (HoRA with only B generated is its own), for the Pareto plot."""
+    groups: dict[str, list[str]] = {}
+    for name, fields in report["variants"].items():
+        family = name if fields["method"] == "head" else name.split()[0].rstrip(",")
+        reading = (fields.get("method_args") or {}).get("generate_a")
+        if fields["method"] == "hora":
+            family += ", A and B generated" if reading else ", only B generated (default)"
+        groups.setdefault(family, []).append(name)
+    return groups
+
+
+def _rank_label(name: str) -> str:
+    rank = re.search(r"\br\d+\b", name)
+    return rank.group() if rank else ""
+
+
 def _reference_line(ax: Any, report: dict) -> None:
     if report.get("reference"):
         ax.axhline(report["reference"]["value"], color="grey", linestyle="--", label=report["reference"]["name"])
@@ -276,16 +305,18 @@ def _figures(report: dict, folder: Path) -> list[Path]:
 
     size = str(report["shots"][0])
     fig, ax = plt.subplots(figsize=(7, 4.4), dpi=110)
-    for name, results in report["results"].items():
-        r = results[size]
+    for family, names in families(report).items():  # one colour and one line per method, its ranks as points
+        points = sorted((report["params"][n], report["results"][n][size], n) for n in names)
         ax.errorbar(
-            [report["params"][name]],
-            [r["mean"]],
-            yerr=[[r["mean"] - r["ci_low"]], [r["ci_high"] - r["mean"]]],
+            [x for x, _, _ in points],
+            [r["mean"] for _, r, _ in points],
+            yerr=[[r["mean"] - r["ci_low"] for _, r, _ in points], [r["ci_high"] - r["mean"] for _, r, _ in points]],
             marker="o",
             capsize=3,
-            label=name,
+            label=family,
         )
+        for x, r, name in points:
+            ax.annotate(_rank_label(name), (x, r["mean"]), textcoords="offset points", xytext=(4, 3), fontsize=6)
     _reference_line(ax, report)
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters")
@@ -300,4 +331,4 @@ def _figures(report: dict, folder: Path) -> list[Path]:
     return out
 
 
-__all__ = ["PARETO", "SEEDS", "VARIANTS", "grid", "run_real_bench", "table"]
+__all__ = ["PARETO", "SEEDS", "families", "grid", "run_real_bench", "table", "variants"]
