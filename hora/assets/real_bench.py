@@ -9,7 +9,7 @@ Pareto plot draws the test metric against trainable parameters at the smaller si
 PEFT's method-comparison Space draws it). Each run is the engine with its learning rate
 from the embedded adapter's search and the engine's own validation selecting the step (``keep_best``); the test set
 is the one of the base's card (replies of Macbeth and The Tempest; 500 held-out photos), never seen by training.
-Outputs in ``<assets>/bench/<base>/``: JSON (every run, the grid), HTML and PNG figures, README.md.
+Outputs in ``<assets>/bench/<base>/``: JSON (every run, the grid), PNG figures (with matplotlib), README.md.
 """
 
 from __future__ import annotations
