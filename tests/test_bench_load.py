@@ -5,6 +5,10 @@ bounded."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -52,3 +56,34 @@ def test_adversarial_flood_of_fine_tunes(capsys):
     assert "p95 with the flood / without" in captured.err and "flooder (20 outstanding" in captured.err
     assert "You already have" in flood["first_refusal"]
     assert summary["failures"] == 0 and code == 0, summary["errors"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_server_started_by_the_bench_dies_with_its_parent():
+    """A killed benchmark or test run leaves no ``python -m app`` behind (hora.bench.load.die_with_parent)."""
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time; from hora.bench.load import die_with_parent; "
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], "
+            "preexec_fn=die_with_parent); print(child.pid, flush=True); time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    child = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")  # a zombie has exited; nobody may be left to reap it

@@ -44,7 +44,7 @@ def cold_start(timeout: float = 600.0, cache: str | None = None) -> dict[str, fl
     """
     from playwright.sync_api import sync_playwright
 
-    from hora.bench.load import rss
+    from hora.bench.load import die_with_parent, rss
 
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
@@ -56,6 +56,7 @@ def cold_start(timeout: float = 600.0, cache: str | None = None) -> dict[str, fl
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        preexec_fn=die_with_parent,
     )
     url = f"http://127.0.0.1:{port}/"
     try:

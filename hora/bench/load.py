@@ -65,12 +65,22 @@ class Plan:  # what the users send, discovered from the running app's API and th
 # --- The server and its memory -----------------------------------------------------------------------------------
 
 
+def die_with_parent() -> None:
+    """In a child process (``preexec_fn``): have Linux send it SIGTERM when its parent dies, so that a benchmark or a
+    test run that is killed leaves no server behind. Elsewhere it does nothing."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+
+
 def start_app(port: int, log: Path, timeout: float = 180.0) -> subprocess.Popen:
     """``python -m app`` on 127.0.0.1:``port``, returned once it answers HTTP (its output goes to ``log``)."""
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HORA_PROXY_HOPS": "1"}
     with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
         command = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port)]
-        server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
     start = time.monotonic()
     while True:
         if server.poll() is not None:
