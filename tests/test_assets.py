@@ -52,6 +52,17 @@ def test_manifest_sha256_and_budget(manifest):
     assert total == manifest["total_bytes"] and total <= BUDGET_BYTES
 
 
+def test_the_manifest_leaves_out_scratch_folders(tmp_path):
+    # an interrupted benchmark keeps its finished variants in assets/.runs-bench-<base>/ (ignored by git): a clean
+    # clone has no such folder, so the manifest must not list it
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "README.md").write_text("results")
+    for scratch in (".runs-bench-x", ".tmp-adapter-1-abc", "bench/.old-x-1"):
+        (tmp_path / scratch).mkdir(parents=True)
+        (tmp_path / scratch / "run.json").write_text("{}")
+    assert list(manifest_entries(tmp_path)) == ["bench/README.md"]
+
+
 def tiny_assets() -> dict:
     """The tiny bases' assets (the real bases' are checked in tests/test_real_assets.py)."""
     return {n: f for n, f in embedded_assets().items() if n.split("/")[0] in BASES}

@@ -36,9 +36,22 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+SCRATCH = (
+    ".runs-",
+    ".tmp-",
+    ".old-",
+)  # the builder's and the benchmarks' working folders: ignored by git, never assets
+
+
 def manifest_entries(root: Path) -> dict[str, dict[str, Any]]:
-    """``{relative path: {"sha256", "bytes"}}`` for every file under ``root`` but the manifest itself."""
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.relative_to(root).as_posix() != MANIFEST)
+    """``{relative path: {"sha256", "bytes"}}`` for every file under ``root`` but the manifest itself and scratch."""
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file()
+        and p.relative_to(root).as_posix() != MANIFEST
+        and not any(part.startswith(SCRATCH) for part in p.relative_to(root).parts)
+    )
     return {p.relative_to(root).as_posix(): {"sha256": sha256(p), "bytes": p.stat().st_size} for p in files}
 
 
