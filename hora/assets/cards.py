@@ -36,11 +36,8 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-SCRATCH = (
-    ".runs-",
-    ".tmp-",
-    ".old-",
-)  # the builder's and the benchmarks' working folders: ignored by git, never assets
+# the builder's and the benchmarks' working folders: ignored by git, never assets
+SCRATCH = (".runs-", ".tmp-", ".old-")
 
 
 def manifest_entries(root: Path) -> dict[str, dict[str, Any]]:

@@ -130,7 +130,7 @@ def run_real_bench(
 
     assets = Path(assets)
     setup = SETUPS[base](assets, quick)
-    known = [name for variants, _ in grid(setup) for name in variants]
+    known = [name for group_variants, _ in grid(setup) for name in group_variants]
     unknown = sorted(set(only or []) - set(known))
     if unknown:
         raise ValueError(f"Unknown variant(s) {unknown} for {base}; choose from {known}.")
@@ -146,8 +146,8 @@ def run_real_bench(
     finished = assets / f".runs-bench-{base}"
     finished.mkdir(parents=True, exist_ok=True)
     reports, seconds = [], 0.0
-    for group, (variants, shots) in enumerate(grid(setup)):
-        for index, (name, fields) in enumerate(variants.items()):
+    for group, (group_variants, shots) in enumerate(grid(setup)):
+        for index, (name, fields) in enumerate(group_variants.items()):
             if only and name not in only:
                 continue
             config = setup["recipe"](fields["method"], lrs[fields["method"]])  # each keeps its method's rate
