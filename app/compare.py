@@ -1,8 +1,8 @@
 """Compare tab: the same input through the base model and each adapter, side by side.
 
-First paint is computed once, when the app is built (not per visitor): the default example image classified and,
-for the language models, the next-token distribution of the default prompt, plus the base's precomputed
-generations when its ``info["generations"]`` holds them (``{"prompts": [...], "outputs": {variant: [...]}}``).
+First paint is drawn when the app is built (not per visitor), or read back from an earlier start (``app.paint``):
+the default example image classified and, for the language models, the default prompt's next-token distribution, plus
+the base's precomputed generations from ``info["generations"]`` (``{"prompts": [...], "outputs": {variant: [...]}}``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import gradio as gr
 import plotly.graph_objects as go
 from PIL import Image
 
-from app import figures
+from app import figures, paint
 from app.context import (
     Context,
     as_sentences,
@@ -38,6 +38,7 @@ from app.context import (
 from app.settings import LIMITS, clamp
 from app.store import ModelStore, SessionModels, Variant, get_base, variants_of
 from hora import infer
+from hora.memo import fingerprint
 
 
 logger = logging.getLogger(__name__)
@@ -268,14 +269,8 @@ def _default_example(base, truths: dict[str, str | None]) -> str:
 
 def first_vision(ctx: Context, base_name: str | None) -> dict:
     """The vision section's first paint: an example, its truth, and its classification by every model."""
-    empty = {
-        "image": None,
-        "truth": "",
-        "plot": figures.placeholder("Pick an example or upload an image."),
-        "table": _frame([], TABLE),
-        "note": "",
-        "truths": {},
-    }
+    empty = {"image": None, "truth": "", "note": "", "truths": {}, "table": _frame([], TABLE)}
+    empty["plot"] = figures.placeholder("Pick an example or upload an image.")
     if not base_name:
         return empty
     base = ctx.store.bases[base_name]
@@ -283,27 +278,29 @@ def first_vision(ctx: Context, base_name: str | None) -> dict:
     if not truths:
         return empty
     path = _default_example(base, truths)
-    try:
-        names = list(base.variants)
+    names = list(base.variants)
+
+    def draw() -> dict:
         with Image.open(path) as image:
             plot, table, note = classify(ctx.store, None, base_name, image.copy(), names, truths[path] or "")
+        return {"plot": plot.to_json(), "rows": table.values.tolist(), "note": note}
+
+    try:
+        inputs = {"image": fingerprint([path]), "truth": truths[path], "models": names}
+        drawn = paint.remembered(base, "classify", inputs, draw)
     except Exception:  # a first paint that fails must not stop the app: the visitor can still press Classify
         logger.exception("first paint of the vision section failed")
         return {**empty, "truths": truths}
-    return {"image": path, "truth": truths[path] or "", "plot": plot, "table": table, "note": note, "truths": truths}
+    first = {"image": path, "truth": truths[path] or "", "note": drawn["note"], "truths": truths}
+    return {**first, "plot": paint.as_plot(drawn["plot"]), "table": _frame(drawn["rows"], TABLE)}
 
 
 def first_language(ctx: Context, base_name: str | None) -> dict:
     """The language section's first paint: the default prompt, precomputed generations if the base has them, and
     the next-token distribution of every model that can generate."""
     passage_line = next((line.strip() for line in ctx.passage.splitlines() if line.strip()), "")
-    first = {
-        "prompt": passage_line or FALLBACK_PROMPT,
-        "prompts": [],
-        "html": "",
-        "notice": "",
-        "plot": figures.placeholder("Press Generate."),
-    }
+    first = {"prompt": passage_line or FALLBACK_PROMPT, "prompts": [], "html": "", "notice": ""}
+    first["plot"] = figures.placeholder("Press Generate.")
     if not base_name:
         return first
     base = ctx.store.bases[base_name]
@@ -316,8 +313,12 @@ def first_language(ctx: Context, base_name: str | None) -> dict:
             first["html"] = _columns(outputs, prompts[0])
             first["notice"] = "Written when the models were built; press Generate to run them live."
     names = [n for n, v in base.variants.items() if can_generate(v)]
+
+    def draw() -> str:
+        return next_tokens(ctx.store, None, base_name, first["prompt"], names).to_json()
+
     try:
-        first["plot"] = next_tokens(ctx.store, None, base_name, first["prompt"], names)
+        first["plot"] = paint.as_plot(paint.remembered(base, "next-tokens", {"prompt": first["prompt"]}, draw))
     except Exception:
         logger.exception("first paint of the language section failed")
     return first

@@ -30,11 +30,9 @@ import gradio as gr
 
 from app.guard import FairShare, FairShareError, TrainingBudget, pending_jobs, visitor_id
 from app.settings import LIMITS, clamp
-from app.store import Base, ModelStore, SessionModels, Variant, get_base, variants_of
-from hora import analysis
+from app.store import Base, ModelStore, SessionModels, Variant, get_base, summary_of, variants_of
 from hora.data import DataError, detect_task, load_data
 from hora.methods import label as method_label
-from hora.models import labels_of
 from hora.task import data_kind
 
 
@@ -110,8 +108,7 @@ def choices(update: dict) -> dict[str, Any]:
 
 def can_generate(variant: Variant) -> bool:
     """Whether a variant can write text: a causal LM can, a text classifier built on one cannot."""
-    check = getattr(variant.model, "can_generate", None)
-    return bool(check()) if callable(check) else False
+    return summary_of(variant)["can_generate"]
 
 
 def variant_choices(
@@ -184,10 +181,10 @@ def facts(variant: Variant, info: dict | None = None) -> Facts:
     """Facts of a variant from its ``info`` (or ``info`` given: a base's own card), else from the model."""
     info = info if info is not None else (variant.info or {})
     config = info.get("config") or {}
-    rank = analysis.adapter_rank(variant.model)
+    rank = summary_of(variant)["rank"]
     params = info.get("trainable_parameters") or (info.get("method_info") or {}).get("trainable_params")
     if params is None and rank is not None:
-        params = analysis.adapter_report(variant.model).trainable
+        params = summary_of(variant)["trainable"]
     steps, shots = (info.get("training") or {}).get("steps") or config.get("steps"), config.get("shots")
     training = ", ".join(
         t for t in (f"{steps} steps" if steps else "", f"{shots} examples per class" if shots else "") if t
@@ -207,14 +204,14 @@ def short_label(name: str, variant: Variant) -> str:
 
 def labels_known(base: Base) -> list[str]:
     """Every class a base or any of its variants answers with, in order (adapters may know more than their base)."""
-    seen: dict[str, None] = dict.fromkeys(labels_of(base.model).values())
+    seen: dict[str, None] = dict.fromkeys(summary_of(base)["labels"])
     for variant in base.variants.values():
-        seen.update(dict.fromkeys(labels_of(variant.model).values()))
+        seen.update(dict.fromkeys(summary_of(variant)["labels"]))
     return list(seen)
 
 
 def _class_sentence(base: Base, metrics: dict) -> str:
-    labels = list(labels_of(base.model).values())
+    labels = summary_of(base)["labels"]
     if not labels:
         return ""
     shown = ", ".join(labels[:12]) + (", …" if len(labels) > 12 else "")

@@ -14,10 +14,10 @@ from functools import partial
 import gradio as gr
 import plotly.graph_objects as go
 
-from app import figures
+from app import figures, paint
 from app.context import Context, as_sentences, choices, facts, in_lane, short_label, valid
 from app.settings import LIMITS
-from app.store import ModelStore, SessionModels, Variant, variants_of
+from app.store import ModelStore, SessionModels, Variant, summary_of, variants_of
 from hora import analysis
 from hora.methods import LOW_RANK_METHODS, label
 
@@ -62,9 +62,9 @@ def options(store: ModelStore, session: SessionModels | None, base_name: str) ->
     variants = adapter_variants(store, session, base_name) if base_name else {}
     if not variants:
         return gr.update(choices=[], value=[]), gr.update(choices=[], value=None), gr.update(choices=[], value=None)
-    first = next(iter(variants.values())).model
-    projections = analysis.projection_choices(first)
-    layers = analysis.adapted_layers(first, projections[0][1])
+    first = summary_of(next(iter(variants.values())))  # what the page needs, without loading the model
+    projections = [tuple(choice) for choice in first["projections"]]
+    layers = first["layers"][projections[0][1]]
     default = [n for n in variants if variants[n].method in ("lora", "hora")] or list(variants)[:2]
     return (
         gr.update(choices=[(short_label(n, v), n) for n, v in variants.items()], value=default),
@@ -179,8 +179,14 @@ def first_view(ctx: Context, base_name: str | None, pickers: tuple[dict, dict, d
     adapters, layer, projection = pickers
     if base_name and adapters.get("value"):
         chosen = (ctx.store, None, base_name, adapters["value"], layer["value"], projection["value"], "cosine")
+
+        def draw() -> dict:
+            return {"plots": [figure.to_json() for figure in view(*chosen)], "ranks": ranks(*chosen)}
+
         try:
-            return view(*chosen) + (ranks(*chosen),)
+            inputs = {"adapters": adapters["value"], "layer": layer["value"], "projection": projection["value"]}
+            drawn = paint.remembered(ctx.store.bases[base_name], "heads", inputs, draw)
+            return (*map(paint.as_plot, drawn["plots"]), drawn["ranks"])
         except Exception:  # a first paint that fails must not stop the app
             logger.exception("first paint of the Heads tab failed")
     return tuple(figures.placeholder("Pick adapters to inspect.") for _ in PLOTS) + ("",)

@@ -6,6 +6,10 @@ Each tab is a module that builds its components and wires its own events (``app.
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
+
 import gradio as gr
 
 from app import compare, finetune, heads, models_tab
@@ -85,12 +89,20 @@ def launch(demo: gr.Blocks, **kwargs):
     return demo.launch(theme=THEME, css=CSS, max_file_size=LIMITS.max_file_size, **kwargs)
 
 
-def create_app() -> gr.Blocks:
-    """The explorer on the embedded assets: loads every embedded base and adapter once."""
+def create_app(timings: dict[str, float] | None = None, on_loaded: Callable[[], None] | None = None) -> gr.Blocks:
+    """The explorer on the embedded assets, every embedded base and adapter loaded once.
+
+    A warm start (an earlier one remembered what its page needs) builds the page first and loads the models in a
+    thread, each on first use if a visitor is quicker; ``on_loaded`` is called when they all are. ``timings`` (if
+    given) receives the seconds spent loading or registering the models (``models_s``) and building the page
+    (``page_s``).
+    """
     from app.store import embedded_store
     from hora import hub
 
-    store = embedded_store()
+    started = time.perf_counter()
+    store = embedded_store(lazy=True)
+    loaded = time.perf_counter()
     if not store.bases:
         raise SystemExit(
             f"No embedded assets under {hub.assets_dir()}: build them with `python -m hora.assets build`."
@@ -101,4 +113,14 @@ def create_app() -> gr.Blocks:
     passages = sorted((root / "examples").glob("*.txt"))
     passage = passages[0].read_text(encoding="utf-8")[:1500] if passages else ""
     samples = {p.name: str(p) for f in folders for p in sorted((f / "samples").glob("*")) if p.is_file()}
-    return build_app(store, examples=examples, sample_passage=passage, samples=samples)
+    demo = build_app(store, examples=examples, sample_passage=passage, samples=samples)
+    if timings is not None:
+        timings.update(models_s=loaded - started, page_s=time.perf_counter() - loaded)
+
+    def load_all() -> None:
+        store.load_all()
+        if on_loaded is not None:
+            on_loaded()
+
+    threading.Thread(target=load_all, name="load-models", daemon=True).start()
+    return demo

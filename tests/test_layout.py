@@ -18,6 +18,7 @@ LAYERS = {
     "tuners": ["hora.registration", "hora.tuners", "hora.geometry", "hora.generator"],
     "library": [
         "hora.io",
+        "hora.memo",
         "hora.cards",
         "hora.models",
         "hora.data",

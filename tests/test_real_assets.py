@@ -51,6 +51,25 @@ def test_every_real_asset_has_a_card_with_its_measured_metric():
             assert list(card_metrics(card).values()) == [pytest.approx(measured, abs=1e-4)], name
 
 
+def test_a_packaged_base_fingerprint_covers_its_converted_weights(monkeypatch):
+    """First paints are remembered under this key: it must change with the converted weights, not only the adapters."""
+    name = "smollm2-135m-instruct"
+    _require(name)
+    from hora import packaged
+
+    key = hub.embedded_fingerprint(name)
+    assert key is not None and key != hub.embedded_fingerprint("dinov2-small")
+    recorded = packaged.read_record
+
+    def other_weights(folder):  # as if the conversion had written another model.safetensors
+        record = recorded(folder)
+        record["files"]["model.safetensors"]["sha256"] = "0" * 64
+        return record
+
+    monkeypatch.setattr(packaged, "read_record", other_weights)
+    assert hub.embedded_fingerprint(name) not in (None, key)
+
+
 @pytest.mark.slow
 def test_smollm2_adapters_answer_differently_from_the_base():
     name = "smollm2-135m-instruct"

@@ -1,0 +1,79 @@
+"""First paints (app.paint): the Compare and Heads tabs' first views are drawn from the models once, then read back
+on the next start with the same weights and code (hora.memo), and never reused for other weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import tiny_store
+from PIL import Image
+
+from app import compare, heads
+from app.context import Context
+from hora import analysis, infer
+
+
+@pytest.fixture
+def ctx(tmp_path, monkeypatch):
+    monkeypatch.setenv("HORA_CACHE", str(tmp_path / "cache"))
+    store = tiny_store()
+    for base in store.bases.values():
+        base.fingerprint = f"weights of {base.name}"
+    example = tmp_path / "square-one.png"  # named by its true class, as the explorer's examples are
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(example)
+    return Context(store, None, examples=[str(example)], passage="To be, or not to be")
+
+
+def calls_of(monkeypatch, module, name: str) -> list:
+    calls, real = [], getattr(module, name)
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def traces(plot) -> list:
+    return [(t["type"], t.get("name"), t.get("x"), t.get("z")) for t in json.loads(plot.plot)["data"]]
+
+
+def heads_view(ctx: Context) -> tuple:
+    return heads.first_view(ctx, "tiny-vit", heads.options(ctx.store, None, "tiny-vit"))
+
+
+def test_the_second_start_paints_from_memory(ctx, monkeypatch):
+    classified = calls_of(monkeypatch, infer, "classify")
+    predicted = calls_of(monkeypatch, infer, "next_token_topk")
+    viewed = calls_of(monkeypatch, analysis, "explorer_view")
+    vision, language, view = (
+        compare.first_vision(ctx, "tiny-vit"),
+        compare.first_language(ctx, "tiny-llama"),
+        heads_view(ctx),
+    )
+    assert (len(classified), len(predicted), len(viewed)) == (3, 3, 2)  # the base and its two adapters; 2 adapters
+    again_vision, again_language, again_view = (
+        compare.first_vision(ctx, "tiny-vit"),
+        compare.first_language(ctx, "tiny-llama"),
+        heads_view(ctx),
+    )
+    assert (len(classified), len(predicted), len(viewed)) == (3, 3, 2)
+    assert traces(again_vision["plot"]) == traces(vision["plot"]) and traces(vision["plot"])
+    assert again_vision["table"].equals(vision["table"]) and len(vision["table"]) == 3 and vision["truth"] == "one"
+    assert again_vision["note"] == vision["note"]
+    assert traces(again_language["plot"]) == traces(language["plot"]) and traces(language["plot"])
+    assert [traces(p) for p in again_view[:-1]] == [traces(p) for p in view[:-1]] and again_view[-1] == view[-1]
+    assert "r=4" in view[-1] and any(t[0] == "heatmap" for t in traces(view[0]))
+
+
+def test_other_weights_or_no_fingerprint_are_computed_afresh(ctx, monkeypatch):
+    classified = calls_of(monkeypatch, infer, "classify")
+    compare.first_vision(ctx, "tiny-vit")
+    ctx.store.bases["tiny-vit"].fingerprint = "retrained weights"
+    compare.first_vision(ctx, "tiny-vit")
+    ctx.store.bases["tiny-vit"].fingerprint = None  # e.g. a base that is not embedded
+    compare.first_vision(ctx, "tiny-vit")
+    compare.first_vision(ctx, "tiny-vit")
+    assert len(classified) == 12
