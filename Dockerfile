@@ -37,6 +37,8 @@ COPY --chown=user hora/ hora/
 RUN python -m hora.packaged
 COPY --chown=user app/ app/
 COPY --chown=user assets/ assets/
+# Load every model once and remember what the page shows first: the container's starts are all warm ones.
+RUN python -m app --prepare
 
 EXPOSE 7860
 # No curl in the slim image: python's urllib fails (exit 1) on a refused connection or a non-2xx answer.

@@ -19,6 +19,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Serve the hora explorer.")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    parser.add_argument(
+        "--prepare",
+        action="store_true",
+        help="load every model, draw the first paints, remember both in hora's cache, and exit (a Docker build runs "
+        "it, so that the container's first start is a warm one)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -45,7 +51,8 @@ def main() -> None:
         file=sys.stderr,
         flush=True,
     )
-    launch(demo, server_name=args.host, server_port=args.port)
+    if not args.prepare:
+        launch(demo, server_name=args.host, server_port=args.port)
 
 
 if __name__ == "__main__":

@@ -75,12 +75,17 @@ def test_dockerfile_follows_spaces_conventions():
     code = [i for i in copies if re.search(r"\b(hora|app|assets)/", instructions[i][1])]
     assert len(code) == 3 and all(instructions[i][1].startswith("--chown=user ") for i in copies)
     assert requirements < installed < min(code), "dependencies must be installed before the code is copied"
+    prepare = next(i for i, (kw, a) in enumerate(instructions) if kw == "RUN" and a == "python -m app --prepare")
+    assert prepare > max(code), "the first paints are remembered for the code and assets the image serves"
     assert args_defaults() == {"TORCH_SPEC": f"torch=={requirement_pin('torch')}", "TORCH_INDEX_URL": ""}
     assert any("${TORCH_INDEX_URL:+--index-url $TORCH_INDEX_URL} $TORCH_SPEC" in a for a in arguments("RUN"))
     for host in ("pypi.org", "pythonhosted", "download.pytorch.org"):
         assert host not in text and host not in (ROOT / ".dockerignore").read_text()
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", ".git", "tests", "runs"} <= set(ignored)
+
+
+KINDS = ("store", "first-paint")  # what app.store and app.paint remember in hora's cache (hora.memo)
 
 
 @pytest.mark.slow
@@ -90,7 +95,15 @@ def test_dockerfile_install_and_start_commands_serve_the_app(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     home, port = tmp_path / "home", free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GRADIO_", "HF_", "PYTHON", "VIRTUAL_ENV"))}
+    skip = (
+        "GRADIO_",
+        "HF_",
+        "PYTHON",
+        "VIRTUAL_ENV",
+        "HORA_CACHE",
+        "XDG_CACHE_HOME",
+    )  # the image's caches are in HOME
+    env = {k: v for k, v in os.environ.items() if not k.startswith(skip)}
     env.update(args_defaults())
     docker_home, workdir = None, None
     for kw, args in dockerfile():
@@ -122,10 +135,12 @@ def test_dockerfile_install_and_start_commands_serve_the_app(tmp_path):
                     shutil.copytree(ROOT / source, target, ignore=shutil.ignore_patterns("__pycache__"))
                 else:
                     shutil.copy(ROOT / source, target)
-        elif kw == "RUN" and args.startswith(("pip install", "python -m hora.packaged")):
+        elif kw == "RUN" and args.startswith(("pip install", "python -m hora.packaged", "python -m app")):
             subprocess.run(args, shell=True, cwd=workdir, env=env, check=True, executable="/bin/bash")
     install_s = time.monotonic() - started
     print(f"pip install in a clean venv: {install_s:.0f} s")
+    remembered = {kind: len(list((home / ".cache" / "hora" / "memo" / kind).glob("*.json"))) for kind in KINDS}
+    assert all(remembered.values()), f"python -m app --prepare remembered {remembered}"  # starts will be warm
     python = str(venv / "bin" / "python")
     check = f"import torch; assert torch.__version__.split('+')[0] == {requirement_pin('torch')!r}"
     subprocess.run([python, "-c", check], env=env, check=True)
