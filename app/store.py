@@ -16,7 +16,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -288,17 +288,12 @@ def _run_processor(folder) -> Any | None:
     return TaskImageProcessor(Task.from_dict(preprocessing)) if preprocessing.get("kind") == "image" else None
 
 
+@cache
 def app_code() -> str:
     """A digest of the app's own source (what it summarises and draws changes with it)."""
-    global _APP_CODE
-    if _APP_CODE is None:
-        from hora.memo import fingerprint
+    from hora.memo import fingerprint
 
-        _APP_CODE = fingerprint(sorted(Path(__file__).resolve().parent.glob("*.py")))
-    return _APP_CODE
-
-
-_APP_CODE: str | None = None
+    return fingerprint(sorted(Path(__file__).resolve().parent.glob("*.py")))
 
 
 def embedded_store(lazy: bool = False) -> ModelStore:
