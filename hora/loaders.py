@@ -34,6 +34,7 @@ from hora import cards, hub
 from hora.hub import HubError
 from hora.io import ADAPTER_CONFIG, ADAPTER_WEIGHTS, HEAD_CONFIG, HEAD_WEIGHTS, METRICS
 from hora.models import (
+    BUILDING,
     BaseKind,
     TaskKind,
     UnsupportedModelError,
@@ -232,39 +233,40 @@ def load_base(
             f"{found.name} has no *.safetensors weights; hora does not load pickled .bin checkpoints. "
             "Convert them once with `model.save_pretrained(folder)` (safetensors is the default)."
         )
-    try:
-        config = _model_config(found)
-        kind = base_kind(config)
-        task = task or ("text" if _is_sequence_classifier(config) else kind)
-        _check_task(task, kind, config, found.path)
-        if task == "text":
-            if not id2label and _is_sequence_classifier(config):
-                id2label = {int(k): str(v) for k, v in config.id2label.items()}
-            if not id2label:
-                raise HubError("Text classification needs the label set (id2label) to build its classifier.")
-            kw["num_labels"] = len(id2label)
-        _check_size(found, config, task, kw.get("num_labels"), limit)
-        model = model_class(task, config).from_pretrained(
-            found.path, use_safetensors=True, trust_remote_code=False, **kw
-        )
-        processor = _processor(found.path, task, config)
-    except HubError:
-        raise
-    except UnsupportedModelError as error:
-        raise HubError(str(error)) from error
-    except Exception as error:  # transformers, safetensors and tokenizers raise many types on a bad folder
-        detail = hub.redact(f"{type(error).__name__}: {error}", found.path)[:500]
-        raise HubError(f"Could not load the model in {found.name}: {detail}") from error
-    if task == "text" and not _is_sequence_classifier(config):
-        new_head(model, id2label)  # a causal LM has no classifier to keep: draw it from the seeded RNG, as always
-        replaced = True
-    else:
-        replaced = fit_labels(model, id2label)
-    if task == "text" and model.config.pad_token_id is None:
-        model.config.pad_token_id = processor.pad_token_id
-    model.name_or_path = model.config._name_or_path = _shown_name(found)  # what PEFT records as the base
-    card = cards.read(found.path)
-    return LoadedBase(model.eval(), processor, kind, found.name, found.path, found.source, card, task, replaced)
+    with BUILDING:  # transformers sets torch's process-wide default dtype while it builds (hora.models)
+        try:
+            config = _model_config(found)
+            kind = base_kind(config)
+            task = task or ("text" if _is_sequence_classifier(config) else kind)
+            _check_task(task, kind, config, found.path)
+            if task == "text":
+                if not id2label and _is_sequence_classifier(config):
+                    id2label = {int(k): str(v) for k, v in config.id2label.items()}
+                if not id2label:
+                    raise HubError("Text classification needs the label set (id2label) to build its classifier.")
+                kw["num_labels"] = len(id2label)
+            _check_size(found, config, task, kw.get("num_labels"), limit)
+            model = model_class(task, config).from_pretrained(
+                found.path, use_safetensors=True, trust_remote_code=False, **kw
+            )
+            processor = _processor(found.path, task, config)
+        except HubError:
+            raise
+        except UnsupportedModelError as error:
+            raise HubError(str(error)) from error
+        except Exception as error:  # transformers, safetensors and tokenizers raise many types on a bad folder
+            detail = hub.redact(f"{type(error).__name__}: {error}", found.path)[:500]
+            raise HubError(f"Could not load the model in {found.name}: {detail}") from error
+        if task == "text" and not _is_sequence_classifier(config):
+            new_head(model, id2label)  # a causal LM has no classifier to keep: draw it from the seeded RNG, as always
+            replaced = True
+        else:
+            replaced = fit_labels(model, id2label)
+        if task == "text" and model.config.pad_token_id is None:
+            model.config.pad_token_id = processor.pad_token_id
+        model.name_or_path = model.config._name_or_path = _shown_name(found)  # what PEFT records as the base
+        card = cards.read(found.path)
+        return LoadedBase(model.eval(), processor, kind, found.name, found.path, found.source, card, task, replaced)
 
 
 def _json(path: Path, limit: int = MAX_RECORD_BYTES) -> dict[str, Any]:
@@ -389,10 +391,12 @@ def load_adapter(
         raise HubError(f"{found.name} has no {ADAPTER_CONFIG}, so it is not a PEFT adapter.{hint}")
     _warn_if_other_base(found.path, base_model)
     if not (found.path / ADAPTER_CONFIG).is_file():
-        return _load_head(model, found.path)
+        with BUILDING:
+            return _load_head(model, found.path)
     if not (found.path / ADAPTER_WEIGHTS).is_file():
         raise HubError(f"{found.name} has no {ADAPTER_WEIGHTS}; hora does not load pickled adapters.")
-    return _load_peft(model, found, adapter_name, found.source == "embedded" if trusted is None else trusted, kw)
+    with BUILDING:
+        return _load_peft(model, found, adapter_name, found.source == "embedded" if trusted is None else trusted, kw)
 
 
 def _load_peft(model: nn.Module, found: hub.Resolved, adapter_name: str, trusted: bool, kw: dict) -> nn.Module:

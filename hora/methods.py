@@ -25,7 +25,7 @@ from torch import nn
 
 import hora
 from hora.geometry import DEFAULT_TARGET_MODULES
-from hora.models import head_modules
+from hora.models import building, head_modules
 
 
 @dataclass(frozen=True)
@@ -214,6 +214,7 @@ def trainable_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+@building  # it creates parameters: never while another thread builds a model (hora.models.BUILDING)
 def apply_method(
     model: nn.Module,
     method: str,

@@ -6,8 +6,11 @@ needs, its output head, and a fresh head for a new label set.
 
 from __future__ import annotations
 
+import functools
 import os
-from typing import Any, Literal
+import threading
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
 
 import peft
 from torch import nn
@@ -183,6 +186,28 @@ def check_config_sizes(config: dict, where: str = "config.json") -> None:
     visit(config, "")
 
 
+BUILDING = threading.RLock()
+"""Held while hora builds or loads a model. transformers sets torch's process-wide default dtype while it builds one
+(``local_torch_dtype``, from the config's dtype unless one is given) and puts the previous one back after: two threads
+building at once can leave the wrong default for good, and a thread creating parameters meanwhile gets the other's
+dtype. Seen when the explorer loaded its models in a thread while visitors' requests loaded others: SmolLM2 (stored in
+bfloat16) came out partly in bfloat16 and every later forward pass failed."""
+
+
+T = TypeVar("T")
+
+
+def building(fn: Callable[..., T]) -> Callable[..., T]:
+    """``fn`` holding ``BUILDING`` (for what creates parameters: PEFT's injection, a new head)."""
+
+    @functools.wraps(fn)
+    def holding(*args: Any, **kwargs: Any) -> T:
+        with BUILDING:
+            return fn(*args, **kwargs)
+
+    return holding
+
+
 def parameter_count(config: Any, task: TaskKind) -> int:
     """Parameters of the model ``config`` describes for ``task``, counted on the meta device (nothing allocated).
 
@@ -191,8 +216,8 @@ def parameter_count(config: Any, task: TaskKind) -> int:
     """
     import torch
 
-    with torch.device("meta"):
-        model = model_class(task, config).from_config(config, trust_remote_code=False)
+    with BUILDING, torch.device("meta"):  # the current default dtype: the config's would be set process-wide
+        model = model_class(task, config).from_config(config, trust_remote_code=False, dtype=torch.get_default_dtype())
     return sum(p.numel() for p in model.parameters())
 
 

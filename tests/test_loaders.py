@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import peft
 import pytest
@@ -75,3 +76,43 @@ def test_an_adapter_loads_onto_its_loaded_base_and_matches(tmp_path):
     ids = char_tokenizer()("to be", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids).logits, trained.eval()(input_ids=ids).logits)
+
+
+def _held_by_another_thread(lock) -> bool:
+    found = []
+
+    def try_it():
+        acquired = lock.acquire(blocking=False)
+        found.append(not acquired)
+        if acquired:
+            lock.release()
+
+    thread = threading.Thread(target=try_it)
+    thread.start()
+    thread.join()
+    return found[0]
+
+
+def test_building_sets_torchs_default_dtype_only_holding_the_lock_and_only_to_the_one_asked(tmp_path, monkeypatch):
+    """transformers sets the process-wide default dtype while it builds a model. A float32 load of a bfloat16
+    checkpoint must never set bfloat16, and never without ``BUILDING`` held: two threads building at once left
+    SmolLM2 partly in bfloat16 when the explorer loaded its models while visitors' requests loaded others."""
+    from helpers import tiny_llama
+
+    from hora.models import BUILDING
+
+    folder = tmp_path / "llama"
+    tiny_llama().to(torch.bfloat16).save_pretrained(folder)  # its config says bfloat16
+    char_tokenizer().save_pretrained(folder)
+    seen, real = [], torch.set_default_dtype
+
+    def spy(dtype):
+        seen.append((dtype, _held_by_another_thread(BUILDING)))
+        real(dtype)
+
+    monkeypatch.setattr(torch, "set_default_dtype", spy)
+    loaded = load_base(str(folder), dtype=torch.float32)
+    assert seen and {dtype for dtype, _ in seen} == {torch.float32} and all(held for _, held in seen)
+    assert {p.dtype for p in loaded.model.parameters()} == {
+        torch.float32
+    } and torch.get_default_dtype() == torch.float32

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import psutil
 
-from hora.bench.coldstart import free_port
+from hora.bench.coldstart import LOADED, free_port
 from hora.bench.report import adversarial_table
 from hora.bench.stats import latency_spread
 
@@ -76,7 +76,9 @@ def die_with_parent() -> None:
 
 
 def start_app(port: int, log: Path, timeout: float = 180.0) -> subprocess.Popen:
-    """``python -m app`` on 127.0.0.1:``port``, returned once it answers HTTP (its output goes to ``log``)."""
+    """``python -m app`` on 127.0.0.1:``port``, returned once it answers HTTP and has every model in memory (a warm
+    start serves its page first and loads its models after; the users measure serving, not loading). Its output goes
+    to ``log``."""
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HORA_PROXY_HOPS": "1"}
     with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
         command = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port)]
@@ -87,12 +89,14 @@ def start_app(port: int, log: Path, timeout: float = 180.0) -> subprocess.Popen:
             raise RuntimeError(f"the app exited with code {server.returncode}:\n{_tail(log)}")
         if time.monotonic() - start > timeout:
             stop_app(server)
-            raise TimeoutError(f"the app did not answer within {timeout:.0f} s:\n{_tail(log)}")
+            raise TimeoutError(f"the app was not serving with its models loaded within {timeout:.0f} s:\n{_tail(log)}")
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
-            return server
+            if LOADED.search(log.read_text(errors="replace")):
+                return server
         except OSError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
 
 
 def stop_app(server: subprocess.Popen) -> None:
