@@ -13,7 +13,7 @@ from typing import Any
 
 from gradio.components.plot import PlotData
 
-from app.store import Base, app_code
+from app.store import Base, code_version
 from hora import memo
 
 
@@ -23,12 +23,7 @@ def remembered(base: Base, what: str, inputs: dict[str, Any], compute: Callable[
     or trained in this run) always computes."""
     if base.fingerprint is None:
         return compute()
-    key = {
-        "what": what,
-        "base": base.fingerprint,
-        "code": {**memo.environment(), "app": app_code()},
-        **inputs,
-    }
+    key = {"what": what, "base": base.fingerprint, "code": code_version(), **inputs}
     return memo.remembered("first-paint", key, compute)
 
 

@@ -289,11 +289,12 @@ def _run_processor(folder) -> Any | None:
 
 
 @cache
-def app_code() -> str:
-    """A digest of the app's own source (what it summarises and draws changes with it)."""
-    from hora.memo import fingerprint
+def code_version() -> dict[str, str]:
+    """The code what the app remembers depends on (part of every ``hora.memo`` key it uses): the libraries' versions,
+    hora's source and the app's own (what it summarises and draws changes with it)."""
+    from hora import memo
 
-    return fingerprint(sorted(Path(__file__).resolve().parent.glob("*.py")))
+    return {**memo.environment(), "app": memo.fingerprint(sorted(Path(__file__).resolve().parent.glob("*.py")))}
 
 
 def embedded_store(lazy: bool = False) -> ModelStore:
@@ -311,7 +312,7 @@ def embedded_store(lazy: bool = False) -> ModelStore:
     names = sorted((n for n in assets if "/" not in n), key=lambda n: (n not in PACKAGED, n))
     for name in names:
         fingerprint = hub.embedded_fingerprint(name)
-        key = {"base": fingerprint, "code": {**memo.environment(), "app": app_code()}} if fingerprint else None
+        key = {"base": fingerprint, "code": code_version()} if fingerprint else None
         summary = memo.recall("store", key) if lazy and key else None
         base = _add_embedded(store, name, assets, summary)
         if base is None:
