@@ -35,7 +35,8 @@ def _config(config_dict: dict) -> GeneratedFactorsConfig:
     if method not in classes:
         raise ValueError(f"Expected a HORA or DORAN adapter, got peft_type {config_dict.get('peft_type')!r}.")
     names = {f.name for f in dataclasses.fields(classes[method])}
-    return classes[method](**{k: v for k, v in config_dict.items() if k in names and k != "peft_type"})
+    fields = classes[method].check_kwargs(**{k: v for k, v in config_dict.items() if k in names and k != "peft_type"})
+    return classes[method](**fields)
 
 
 def _read_adapter(model_or_dir: PeftModel | str | os.PathLike, adapter: str) -> tuple[dict, dict]:
@@ -70,7 +71,9 @@ def generated_factors(config: dict, state: dict[str, torch.Tensor]) -> dict[str,
             block, rest = key[len(gen_prefix) :].split(".", 1)
             by_block.setdefault(block, {})[rest] = value
     generators = {
-        block: BlockGenerator.from_state_dict(tensors, tuner_config.hyper_hidden, tuner_config.share_qv)
+        block: BlockGenerator.from_state_dict(
+            tensors, tuner_config.hyper_hidden, tuner_config.share_qv, tuner_config.output_scale()
+        )
         for block, tensors in by_block.items()
     }
     factors = {}

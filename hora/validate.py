@@ -239,7 +239,9 @@ def peft_config(config: dict) -> Any:
 
     values = {k: v for k, v in config.items() if k != "auto_mapping"}  # names a module to import: not needed
     try:
-        return PEFT_TYPE_TO_CONFIG_MAPPING[config["peft_type"]].from_peft_type(**values)
+        config_cls = PEFT_TYPE_TO_CONFIG_MAPPING[config["peft_type"]]
+        # as PEFT's from_pretrained does: a config class may fill in what files saved before a field existed meant
+        return config_cls.from_peft_type(**config_cls.check_kwargs(**values))
     except (TypeError, ValueError, KeyError) as err:
         raise AdapterError(
             f"adapter_config.json does not describe a valid {config['peft_type']} adapter: {err}"

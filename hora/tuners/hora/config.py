@@ -7,6 +7,7 @@ from typing import Literal
 
 from peft.config import PeftConfig
 
+from hora.generator import unit_step_scale
 from hora.geometry import block_index
 from hora.registration import HORA, ExternalPeftType
 
@@ -23,6 +24,17 @@ class GeneratedFactorsConfig(PeftConfig):
             "help": (
                 "Width p of the generator's hidden layer, G = Linear(n→p) → tanh → Linear(p→n). Must be at least "
                 "r, otherwise the generated factors have rank at most p."
+            )
+        },
+    )
+    generator_scale: float | Literal["unit_step"] = field(
+        default="unit_step",
+        metadata={
+            "help": (
+                "Output scale c of the generators, G(x) = c·(W2·tanh(W1·x + b1) + b2). 'unit_step' (the default): "
+                "c = 1/sqrt(1 + p·E[tanh²]), so that one optimiser step moves a generated factor about as far as a "
+                "LoRA factor at the same learning rate (this project's choice; the papers do not say). 1.0: the "
+                "plain generator, as adapters saved before this field existed were trained (they load with it)."
             )
         },
     )
@@ -119,6 +131,9 @@ class GeneratedFactorsConfig(PeftConfig):
             raise ValueError(f"`dropout` must be in [0, 1), got {config.dropout}.")
         if config.init_weights not in (True, False, "zero_b", "random"):
             raise ValueError(f"`init_weights` must be True, False, 'zero_b' or 'random', got {config.init_weights!r}.")
+        scale = config.generator_scale
+        if scale != "unit_step" and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0):
+            raise ValueError(f"`generator_scale` must be 'unit_step' or a positive number, got {scale!r}.")
         if config.seed_std <= 0:
             raise ValueError(f"`seed_std` must be positive, got {config.seed_std}.")
         if config.layers_pattern and not config.layers_to_transform:
@@ -126,6 +141,24 @@ class GeneratedFactorsConfig(PeftConfig):
 
     def _uses_generator(self) -> bool:
         return True  # DoRAN can run with static factors
+
+    def output_scale(self) -> float:
+        """The generators' output scale c as a number (``generator_scale`` resolved for ``hyper_hidden``)."""
+        if self.generator_scale == "unit_step":
+            return unit_step_scale(self.hyper_hidden)
+        return float(self.generator_scale)
+
+    @classmethod
+    def check_kwargs(cls, **kwargs):
+        """A saved config without ``generator_scale`` predates it: its generators were trained unscaled (c = 1).
+
+        PEFT calls this on the fields read from ``adapter_config.json`` before building the config, so old adapters
+        load with the generator they were trained with, while new configs get the default.
+        """
+        kwargs = super().check_kwargs(**kwargs)
+        if "generator_scale" not in kwargs:
+            kwargs["generator_scale"] = 1.0
+        return kwargs
 
     def block_key(self, module_path: str) -> str:
         """Which generator of the bank serves ``module_path``: its block's (``block3``), or ``model`` outside blocks.

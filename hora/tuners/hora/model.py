@@ -59,7 +59,9 @@ class GeneratedFactorsModel(BaseTuner):
         if config._uses_generator():
             # created here, not in a pre-injection hook: PEFT's add_adapter does not call that hook
             if adapter_name not in self.generator_banks:
-                self.generator_banks[adapter_name] = GeneratorBank(config.hyper_hidden, config.share_qv)
+                self.generator_banks[adapter_name] = GeneratorBank(
+                    config.hyper_hidden, config.share_qv, config.output_scale()
+                )
             generator = self.generator_banks[adapter_name].block(config.block_key(current_key))
             weight = base.weight
             generator.add_projection(
