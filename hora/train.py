@@ -134,6 +134,7 @@ class _Run:
     best: dict[str, Any] = field(default_factory=dict)
     best_weights: Snapshot | None = None  # with ``keep_best``: the trainable weights of the best evaluation
     evals_since_best: int = 0
+    validate: Callable[[nn.Module], dict[str, float]] | None = None  # the caller's validation, instead of the split's
     examples: int = 0
     tokens: int = 0
     train_time: float = 0.0
@@ -148,15 +149,18 @@ class _Run:
         return self.accelerator.num_processes
 
     def evaluate(self, step: int) -> dict[str, float]:
-        """Evaluate on the held-out examples, record it and track the best evaluation."""
-        metrics = evaluate_examples(
-            self.model,
-            self.task,
-            self.split.eval_source,
-            self.split.eval,
-            self.config.eval_batch_size,
-            self.accelerator.autocast,
-        )
+        """Evaluate on the held-out examples (or with the caller's ``validate``), record it and track the best."""
+        if self.validate is not None:
+            metrics = self._caller_validation()
+        else:
+            metrics = evaluate_examples(
+                self.model,
+                self.task,
+                self.split.eval_source,
+                self.split.eval,
+                self.config.eval_batch_size,
+                self.accelerator.autocast,
+            )
         self.history["eval_step"].append(step)
         for key, value in metrics.items():
             self.history.setdefault(f"eval_{key}", []).append(value)
@@ -171,6 +175,21 @@ class _Run:
         else:
             self.evals_since_best += 1
         return metrics
+
+    def _caller_validation(self) -> dict[str, float]:
+        """The caller's validation of the model as it is now, in eval mode and without gradients."""
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), self.accelerator.autocast():
+                metrics = self.validate(model)
+        finally:
+            model.train(was_training)
+        missing = [name for name in self.task.metric_names if name not in metrics]
+        if missing:
+            raise ValueError(f"`validate` must return the task's metrics {self.task.metric_names}; {missing} missing.")
+        return {name: float(metrics[name]) for name in self.task.metric_names}
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
@@ -379,6 +398,7 @@ def _describe(run: _Run, model: nn.Module) -> dict[str, Any]:
         "seed": config.seed,
         "shots": config.shots,
         "split": run.split.record,
+        "validation": "the caller's validation set" if run.validate else "the split's held-out examples",
         "id2label": task.to_dict()["id2label"],
         "preprocessing": task.to_dict(),
         "config": asdict(config),
@@ -406,6 +426,7 @@ def train(
     callback: Callable[[StepEvent], None] | None = None,
     cancel: threading.Event | Callable[[], bool] | None = None,
     data_source: str | None = None,
+    validate: Callable[[nn.Module], dict[str, float]] | None = None,
     **overrides: Any,
 ) -> TrainResult:
     """Fine-tune the base model in ``base`` on ``data`` with ``config.method``.
@@ -419,6 +440,10 @@ def train(
         cancel: a ``threading.Event`` or a callable; once set, training stops before the next step and
             returns (and saves) what was trained so far.
         data_source: how to name ``data`` in the outputs when it is not a path.
+        validate: the caller's own validation, ``model -> {metric: value}`` with the task's metrics (``loss`` and
+            ``perplexity`` for language modelling), used for every evaluation (``eval_every``, ``keep_best``,
+            ``patience``) instead of the split's held-out examples; called in eval mode without gradients. For a
+            validation set that must be chosen with care (whole unseen scenes, replies only), not carved at random.
 
     For image and text classification the classifier is built for the data's classes and trained with
     every method. A non-finite loss or gradient stops training with a message and keeps the last weights
@@ -426,6 +451,7 @@ def train(
     """
     config = replace(config or TrainConfig(), **overrides)
     run = _setup(base, data, config, data_source)
+    run.validate = validate
     stopped: StopReason = "completed"
     message = f"Trained {config.steps} steps."
     run.model.train()

@@ -1,4 +1,4 @@
-"""``python -m hora.assets build [--out assets] [--quick]``, ``... bench`` and ``... screenshots``."""
+"""``python -m hora.assets build [--out assets] [--quick]``, ``... sweep``, ``... bench`` and ``... screenshots``."""
 
 from __future__ import annotations
 
@@ -38,6 +38,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME",
         help="real bases only: run (or reuse, when an interrupted run finished them) only these variants of the grid",
     )
+    sweep = commands.add_parser(
+        "sweep", help="each method's learning rate from its own validation sweep, on a real base's benchmark recipe"
+    )
+    sweep.add_argument("--out", type=Path, default=Path("assets"), help="assets folder (writes <out>/bench/<base>)")
+    sweep.add_argument("--quick", action="store_true", help="two rates, one seed, few steps (a smoke run)")
+    sweep.add_argument("--base", required=True, choices=["smollm2-135m-instruct", "dinov2-small"])
+    sweep.add_argument("--readings", nargs="+", metavar="NAME", help="sweep only these readings, keep the others'")
     shots = commands.add_parser(
         "screenshots", help="copy the browser tests' screenshots of the app into <out>/screenshots (for the README)"
     )
@@ -57,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
             bases = tuple(b.strip() for b in args.bases.split(",") if b.strip()) if args.bases else BASES
             settings = Settings.smoke() if args.quick else Settings()
             run_build(args.out, settings=settings, bases=bases, log=lambda m: print(m, flush=True))
+        elif args.command == "sweep":
+            from hora.assets.lr_sweep import run_sweep
+
+            run_sweep(args.out, args.base, quick=args.quick, only=args.readings, log=lambda m: print(m, flush=True))
         else:
             from hora.assets.real_bench import SETUPS, run_real_bench
 

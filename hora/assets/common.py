@@ -77,3 +77,9 @@ def write_metadata(folder: Path, data: dict[str, Any]) -> None:
 
 def read_metadata(folder: Path) -> dict[str, Any]:
     return json.loads((Path(folder) / METADATA).read_text(encoding="utf-8"))
+
+
+def evenly(items: list, n: int) -> list:
+    """At most ``n`` of ``items``, evenly spaced from the first (a fixed, spread-out subset of a long list)."""
+    step = max(1, len(items) // n)
+    return items[::step][:n]

@@ -25,57 +25,84 @@ from typing import Any
 
 from hora import cards as hora_cards
 from hora.assets import cards
-from hora.assets.common import read_metadata
+from hora.assets.common import evenly
 from hora.io import atomic_dir, write_atomic
 
 
 SEEDS = (0, 1, 2)
 A_AND_B, ONLY_B = {"generate_a": True}, {"generate_a": False}  # HoRA's two readings; only B is the default
+# A variant's learning rate is that of its method and reading, from that reading's own validation sweep
+# (``hora.assets.lr_sweep``) on this benchmark's recipe; other ranks of a reading use the rate swept at rank 8.
+READINGS: dict[str, dict[str, Any]] = {
+    "lora": {"method": "lora", "r": 8, "match_params": False},
+    "hora": {"method": "hora", "r": 8, "match_params": False, "method_args": ONLY_B},
+    "hora-a-and-b": {"method": "hora", "r": 8, "match_params": False, "method_args": A_AND_B},
+    "dora": {"method": "dora", "r": 8, "match_params": False},
+    "doran": {"method": "doran", "r": 8, "match_params": False},
+}
+
+
+def reading(fields: dict[str, Any]) -> str:
+    """The sweep reading a variant takes its rate from: its method, and for HoRA whether A is generated."""
+    if fields["method"] == "hora" and (fields.get("method_args") or {}).get("generate_a"):
+        return "hora-a-and-b"
+    return fields["method"]
 
 
 def variants(budget_rank: int) -> dict[str, dict[str, Any]]:
-    """Name -> TrainConfig fields over the base's recipe, for every size. Ranks and readings are explicit (the recipes
-    match LoRA's and DoRA's budget to HoRA's, as the embedded adapters are trained; here every rank is named).
-    ``budget_rank``: the LoRA rank whose parameters match HoRA's with A and B generated at r=8 on this base."""
+    """Name -> TrainConfig fields over the base's recipe, for every size. Every rank and reading is explicit: LoRA and
+    DoRA at HoRA's rank, and LoRA at the rank whose trainable parameters match HoRA's default (``budget_rank``)."""
     return {
-        "LoRA r8": {"method": "lora", "r": 8, "match_params": False},
-        "HoRA r8, A and B generated": {"method": "hora", "r": 8, "match_params": False, "method_args": A_AND_B},
-        "HoRA r8, only B generated (default)": {
-            "method": "hora",
-            "r": 8,
-            "match_params": False,
-            "method_args": ONLY_B,
-        },
-        f"LoRA r{budget_rank}, HoRA A+B's budget": {"method": "lora", "r": budget_rank, "match_params": False},
-        "DoRA r8": {"method": "dora", "r": 8, "match_params": False},
-        "DoRAN r8": {"method": "doran", "r": 8, "match_params": False},
+        "LoRA r8": READINGS["lora"],
+        "HoRA r8, only B generated (default)": READINGS["hora"],
+        "HoRA r8, A and B generated": READINGS["hora-a-and-b"],
+        f"LoRA r{budget_rank}, HoRA's budget": {**READINGS["lora"], "r": budget_rank},
+        "DoRA r8": READINGS["dora"],
+        "DoRAN r8": READINGS["doran"],
     }
 
 
 PARETO = {  # more ranks, at the smaller training-set size only
-    "LoRA r4": {"method": "lora", "r": 4, "match_params": False},
-    "LoRA r16": {"method": "lora", "r": 16, "match_params": False},
-    "HoRA r4, A and B generated": {"method": "hora", "r": 4, "match_params": False, "method_args": A_AND_B},
-    "HoRA r16, A and B generated": {"method": "hora", "r": 16, "match_params": False, "method_args": A_AND_B},
+    "LoRA r4": {**READINGS["lora"], "r": 4},
+    "LoRA r16": {**READINGS["lora"], "r": 16},
+    "HoRA r4, only B generated": {**READINGS["hora"], "r": 4},
+    "HoRA r16, only B generated": {**READINGS["hora"], "r": 16},
 }
+
+
+def budget_rank(base: str) -> int:
+    """The LoRA rank whose trainable parameters are closest to HoRA's default (r = 8, only B generated) on ``base``."""
+    from hora.loaders import load_base
+    from hora.methods import match_lora_rank, peft_config
+
+    model = load_base(base).model
+    return match_lora_rank(model, peft_config("hora", model, r=8, generate_a=False))
 
 
 def _lm_setup(assets: Path, quick: bool) -> dict[str, Any]:
     from hora.assets import smollm
-    from hora.assets.dialogue import chat_documents, load_conversations
+    from hora.assets.dialogue import VALIDATION_SCENES, chat_documents, load_conversations
     from hora.data import LanguageModelingData
     from hora.loaders import load_base
 
     tokenizer = load_base(smollm.BASE).processor
     conversations = load_conversations()
-    step = max(1, len(conversations.heldout) // 48)
-    heldout = conversations.heldout[::step][:48]  # half the card's test: 48 exchanges, ~4.5k reply tokens
+    heldout = evenly(conversations.heldout, 48)  # half the card's test: 48 exchanges, ~4.5k reply tokens
+    validation = evenly(conversations.validation, smollm.VALIDATION_EXCHANGES)
 
     def test(model: Any) -> dict[str, float]:
         return {"test_reply_loss": smollm.reply_loss(model, tokenizer, heldout)["loss"]}
 
     return {
         "data": LanguageModelingData(chat_documents(tokenizer, conversations.train)),
+        # the replies of whole scenes training never sees (the engine's own split would score the chat template and
+        # prompts of exchanges whose replies reappear as training prompts: it ranked the methods the wrong way round)
+        "validate": lambda model: smollm.reply_loss(model, tokenizer, validation),
+        "validation_metric": "loss",
+        "validation_label": (
+            f"reply loss of {len(validation)} exchanges of the next {VALIDATION_SCENES} scenes of the training plays, "
+            "which training never sees"
+        ),
         # 12 steps (4 x 128 tokens) validated every 4, to fit the CPU: the embedded adapters' validation loss made most
         # of its 40 steps' gain by step 10 (3.41 at step 5, 3.08 at 10, 2.86 at 40), and keep-best guards overfitting
         "recipe": lambda method, lr: replace(smollm.recipe(method, lr, steps=4 if quick else 12), eval_every=4),
@@ -85,7 +112,8 @@ def _lm_setup(assets: Path, quick: bool) -> dict[str, Any]:
         "shots_label": "training chunks of 128 tokens",
         "metric_label": "test reply loss (nats/token, lower is better), Macbeth and The Tempest",
         "extra": {},
-        "budget_rank": 25,  # match_params against HoRA r8 with A generated (the embedded adapters' cards)
+        "readings": {},
+        "budget_rank": budget_rank(smollm.BASE),
         "pareto": {},  # a real-LM run costs about 2 minutes here: the six variants are the Pareto plot's points
     }
 
@@ -104,7 +132,11 @@ def _vision_setup(assets: Path, quick: bool) -> dict[str, Any]:
         "shots_label": "shots per class",
         "metric_label": "test accuracy on 500 held-out photos (chance 0.10)",
         "extra": {"Head only (linear probe)": {"method": "head"}},  # the reference: a backbone has no head of its own
-        "budget_rank": 23,  # match_params against HoRA r8 with A generated (the embedded adapters' cards)
+        "readings": {"head": {"method": "head"}},
+        "budget_rank": budget_rank(dino.BASE),
+        "validate": None,  # the engine's own: few-shot-pool photos not drawn as shots (whole photos, never trained on)
+        "validation_metric": "accuracy",
+        "validation_label": "accuracy on few-shot-pool photos not drawn as training shots (10 per class)",
         "pareto": PARETO,
     }
 
@@ -134,9 +166,9 @@ def run_real_bench(
     unknown = sorted(set(only or []) - set(known))
     if unknown:
         raise ValueError(f"Unknown variant(s) {unknown} for {base}; choose from {known}.")
-    lrs = {m: read_metadata(assets / base / "adapters" / m)["lr"] for m in ("lora", "hora", "dora", "doran")}
-    if base == "dinov2-small":
-        lrs["head"] = read_metadata(assets / base / "adapters" / "head")["lr"]
+    from hora.assets.lr_sweep import read_sweep
+
+    lrs = read_sweep(assets, base)["chosen"]  # each reading's rate from its own validation sweep
     seeds = SEEDS[:2] if quick else SEEDS
     reference = None
     if setup.get("reference"):  # the base's own test metric, on the same test set, next to every adapter's
@@ -150,7 +182,7 @@ def run_real_bench(
         for index, (name, fields) in enumerate(group_variants.items()):
             if only and name not in only:
                 continue
-            config = setup["recipe"](fields["method"], lrs[fields["method"]])  # each keeps its method's rate
+            config = setup["recipe"](fields["method"], lrs[reading(fields)])
             settings = json.loads(json.dumps([name, fields, shots, seeds, asdict(config)], default=str))
             saved = finished / f"{group}-{index:02d}.json"
             if saved.is_file() and (kept := json.loads(saved.read_text()))["settings"] == settings:
@@ -168,12 +200,13 @@ def run_real_bench(
                 seeds=seeds,
                 config=config,
                 test=setup["test"],
+                validate=setup["validate"],
             )
             elapsed = time.perf_counter() - started
             write_atomic(saved, json.dumps({"settings": settings, "report": report, "seconds": elapsed}))
             reports.append(report)
             seconds += elapsed
-    report = {**_merge(reports, base, setup, quick, seconds), "reference": reference}
+    report = {**_merge(reports, base, setup, quick, seconds), "reference": reference, "learning_rates": lrs}
     _write(assets / "bench" / base, report)
     cards.refresh_manifest(assets, **{f"bench_seconds_{base}": report["wall_seconds"]})
     if not only:

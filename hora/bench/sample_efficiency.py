@@ -26,6 +26,7 @@ def sample_efficiency(
     config: TrainConfig | None = None,
     variants: Mapping[str, Mapping[str, Any]] | None = None,
     test: Callable[[Any], dict[str, float]] | None = None,
+    validate: Callable[[Any], dict[str, float]] | None = None,
     out_dir: str | os.PathLike | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -39,7 +40,8 @@ def sample_efficiency(
     Without ``test``, the metric is the engine's held-out metric (accuracy, or the loss of held-out LM chunks, where
     ``shots`` counts training chunks) and, being the test set, it is never looked at during training (no
     evaluations, no early stopping). With ``test`` (model -> {metric: value}, its first metric reported; a loss if
-    its name says so), that is the test set and the engine's own validation may select steps (``keep_best``).
+    its name says so), that is the test set and the engine's own validation may select steps (``keep_best``);
+    ``validate`` (``hora.train.train``'s) replaces the engine's validation examples with the caller's.
     Writes ``sample_efficiency.json`` and ``.html`` to ``out_dir`` when given.
     """
     variants = dict(variants or {m: {"method": m} for m in methods})
@@ -57,7 +59,8 @@ def sample_efficiency(
     runs, metric = [], None
     for name, k, seed in grid:
         fields = {"method": name, **variants[name]}
-        result = train(base, dataset, replace(config, **fields, shots=k, seed=seed), data_source=source)
+        run_config = replace(config, **fields, shots=k, seed=seed)
+        result = train(base, dataset, run_config, data_source=source, validate=validate)
         measured = test(result.model) if test is not None else result.final
         metric = next(iter(measured)) if test is not None else result.task.metric
         runs.append(
@@ -67,7 +70,8 @@ def sample_efficiency(
                 "shots": k,
                 "seed": seed,
                 "value": measured[metric],
-                "final": result.final,
+                "final": result.final,  # the validation metrics of the weights kept
+                "lr": run_config.lr,
                 "test": measured if test is not None else None,
                 "stopped": result.stopped,
                 "kept_step": result.metrics.get("kept_step"),
@@ -81,9 +85,8 @@ def sample_efficiency(
             bar.update(1)
     if bar is not None:
         bar.close()
-    return _report(
-        base, source, metric, test is not None, list(variants), variants, shots, seeds, config, runs, out_dir
-    )
+    tested = (test is not None, validate is not None)
+    return _report(base, source, metric, tested, list(variants), variants, shots, seeds, config, runs, out_dir)
 
 
 def _bar(total: int) -> Any:
@@ -92,7 +95,8 @@ def _bar(total: int) -> Any:
     return tqdm(total=total, desc="sample efficiency", unit="run")
 
 
-def _report(base, source, metric, tested, names, variants, shots, seeds, config, runs, out_dir) -> dict[str, Any]:
+def _report(base, source, metric, given, names, variants, shots, seeds, config, runs, out_dir) -> dict[str, Any]:
+    tested, validated = given
     results = {
         m: {str(k): mean_ci([r["value"] for r in runs if r["method"] == m and r["shots"] == k]) for k in shots}
         for m in names
@@ -104,6 +108,7 @@ def _report(base, source, metric, tested, names, variants, shots, seeds, config,
         "metric": metric,
         "higher_is_better": "loss" not in (metric or "") and "perplexity" not in (metric or ""),
         "test_set": "the caller's test" if tested else "the engine's held-out examples",
+        "validation": "the caller's validation set" if validated else "the engine's held-out examples",
         "confidence": 0.95,
         "interval": "t-distribution over seeds",
         "methods": names,
