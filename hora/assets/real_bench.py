@@ -1,14 +1,14 @@
 """``python -m hora.assets bench --base smollm2-135m-instruct|dinov2-small``: sample efficiency and a parameter
-Pareto front on the real bases, sized for about 90 minutes on a 2-core CPU.
+Pareto front on the real bases, sized for about an hour on a 2-core CPU.
 
-Every method at two training-set sizes with three seeds, HoRA in both readings (A and B generated; only the per-head
-B generated, ``generate_a=False``, the default since this benchmark), LoRA at HoRA's rank and at the parameter budget
-of HoRA with A generated; then, on the vision base (whose runs are cheap enough), LoRA and HoRA at ranks 4 and 16 at
-the smaller size as well. The
-Pareto plot draws the test metric against trainable parameters at the smaller size for every variant run there (as
-PEFT's method-comparison Space draws it). Each run is the engine with its learning rate
-from the embedded adapter's search and the engine's own validation selecting the step (``keep_best``); the test set
-is the one of the base's card (replies of Macbeth and The Tempest; 500 held-out photos), never seen by training.
+Every method at two training-set sizes with three seeds: LoRA, DoRA and DoRAN at HoRA's rank (r = 8), HoRA in both
+readings (only the per-head B generated, the default; A and B generated), and LoRA at the rank whose trainable
+parameters match HoRA's default; then, on the vision base (whose runs are cheap enough), LoRA and HoRA at ranks 4 and
+16 at the smaller size as well. Each variant trains at the learning rate its own method and reading chose in its
+validation sweep on this recipe (``python -m hora.assets sweep``, ``lr_sweep.json``); the engine keeps the weights of
+the best validation (``keep_best``). The test set is the one of the base's card (replies of Macbeth and The Tempest;
+500 held-out photos), never seen by training, validation or the sweep. The Pareto plot draws the test metric against
+trainable parameters at the smaller size for every variant run there (as PEFT's method-comparison Space draws it).
 Outputs in ``<assets>/bench/<base>/``: JSON (every run, the grid), PNG figures (with matplotlib), README.md.
 """
 
@@ -239,9 +239,43 @@ def _merge(reports: list[dict], base: str, setup: dict, quick: bool, seconds: fl
         "results": {name: rows for r in reports for name, rows in r["results"].items()},
         "params": {r["methods"][0]: r["runs"][0]["trainable_params"] for r in reports},
         "runs": [run for r in reports for run in r["runs"]],
+        "validation_metric": setup["validation_metric"],
+        "validation_label": setup["validation_label"],
         "wall_seconds": round(seconds, 1),
         "quick": quick,
     }
+
+
+def validation_means(report: dict) -> dict[str, dict[str, float]]:
+    """Variant -> size -> mean validation metric of the weights kept (the runs' ``final``), beside the test's."""
+    metric, out = report["validation_metric"], {}
+    for run in report["runs"]:
+        out.setdefault(run["method"], {}).setdefault(str(run["shots"]), []).append(run["final"][metric])
+    return {name: {k: sum(v) / len(v) for k, v in sizes.items()} for name, sizes in out.items()}
+
+
+def rank_agreement(report: dict) -> dict[str, float]:
+    """Size -> Spearman's rank correlation of the variants' mean validation and mean test metrics (1: both rank the
+    variants alike). The check before trusting a validation sweep: a split that ranks methods unlike the test misleads
+    every choice made on it."""
+    valid = validation_means(report)
+    out = {}
+    for k in map(str, report["shots"]):
+        names = [n for n, rows in report["results"].items() if k in rows and k in valid.get(n, {})]
+        if len(names) < 3:
+            continue
+        ranks = [_ranks([valid[n][k] for n in names]), _ranks([report["results"][n][k]["mean"] for n in names])]
+        n = len(names)
+        out[k] = 1 - 6 * sum((a - b) ** 2 for a, b in zip(*ranks)) / (n * (n * n - 1))
+    return out
+
+
+def _ranks(values: list[float]) -> list[float]:
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks = [0.0] * len(values)
+    for rank, index in enumerate(order):
+        ranks[index] = float(rank)
+    return ranks
 
 
 def table(report: dict) -> str:
@@ -263,15 +297,22 @@ def table(report: dict) -> str:
 
 
 def _write(folder: Path, report: dict) -> None:
+    from hora.assets.lr_sweep import FILE
+
     with atomic_dir(folder) as tmp:
+        if (folder / FILE).is_file():  # the sweep the rates came from stays beside the grid
+            shutil.copy2(folder / FILE, tmp / FILE)
         (tmp / "sample_efficiency.json").write_text(json.dumps(report, indent=1) + "\n")
         pngs = _figures(report, tmp)
         better = "higher" if report["higher_is_better"] else "lower"
         images = "\n".join(f"![{p.stem}]({p.name})" for p in pngs)
+        agreement = ", ".join(f"{rho:+.2f} at {k}" for k, rho in rank_agreement(report).items())
         (tmp / "README.md").write_text(
             f"# Sample efficiency and Pareto front on `{report['base_model']}`\n\n"
             f"{__doc__.split(chr(10) + chr(10))[1]}\n\nCells: mean {report['metric_label']} ({better} is better) "
             f"[95% interval over seeds {report['seeds']}].\n\n{table(report)}\n\n{images}\n\n"
+            f"Validation ({report['validation_label']}) and test rank the variants alike to Spearman's "
+            f"rho {agreement or 'n/a'} ({report['shots_label']}).\n\n"
             f"Wall time: {report['wall_seconds'] / 60:.0f} minutes on a shared 2-core CPU.\n",
             encoding="utf-8",
         )
