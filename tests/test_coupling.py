@@ -8,7 +8,14 @@ import torch
 from helpers import tiny_llama
 
 import hora
-from hora.coupling import FACTOR_METRICS, chance_level, coupling, factor_similarity, joint_effective_rank, layer_coupling
+from hora.coupling import (
+    FACTOR_METRICS,
+    chance_level,
+    coupling,
+    factor_similarity,
+    joint_effective_rank,
+    layer_coupling,
+)
 
 
 def random_factors(heads=6, hd=64, r=8, seed=0) -> torch.Tensor:

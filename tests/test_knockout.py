@@ -71,10 +71,14 @@ def test_each_head_knocked_out_in_one_batch_equals_doing_it_alone(kind, method):
     hd = 8
     for h in result.heads:
         alone = knocked_by_hand(model, inputs, kind, slice(h * hd, (h + 1) * hd), [1])
-        expected = 0.5 * (alone - full).abs().sum() if kind == "llama" else full[result.reference] - alone[result.reference]
+        expected = (
+            0.5 * (alone - full).abs().sum() if kind == "llama" else full[result.reference] - alone[result.reference]
+        )
         assert result.effects[h] == pytest.approx(float(expected), abs=1e-5)
     whole = knocked_by_hand(model, inputs, kind, slice(0, 4 * hd), [1])
-    expected = 0.5 * (whole - full).abs().sum() if kind == "llama" else full[result.reference] - whole[result.reference]
+    expected = (
+        0.5 * (whole - full).abs().sum() if kind == "llama" else full[result.reference] - whole[result.reference]
+    )
     assert result.whole == pytest.approx(float(expected), abs=1e-5)
     assert max(abs(e) for e in result.effects) > 1e-4  # the heads matter: the test can tell a wrong row apart
 
