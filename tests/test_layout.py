@@ -23,7 +23,9 @@ LAYERS = {
         "hora.models",
         "hora.data",
         "hora.inspect",
+        "hora.coupling",
         "hora.analysis",
+        "hora.knockout",
         "hora.export",
         "hora.validate",
         "hora.hub",
@@ -87,10 +89,12 @@ def _layer(module: str) -> str:
     return layer_of
 
 
-def test_no_import_cycles_at_module_level():
+def test_no_import_cycles():
+    """No two modules import each other, directly or around a circle, counting imports inside functions (a lazy
+    import that only dodges a circle at import time is still a circle in the design)."""
     sources = _sources()
     graph = {
-        name: {m for m in (_known(i, sources) for i in _imports(path, name, top_level_only=True)) if m and m != name}
+        name: {m for m in (_known(i, sources) for i in _imports(path, name, top_level_only=False)) if m and m != name}
         for name, path in sources.items()
     }
     # a package imports its own submodules when they are imported: not a cycle of the code's design

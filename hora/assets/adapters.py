@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from hora.assets.common import write_metadata
+from hora.assets.common import read_sweep, write_metadata
 from hora.data import ImageClassificationData, LanguageModelingData
 from hora.methods import LOW_RANK_METHODS, METHODS
 from hora.train import TrainConfig, TrainResult, train
@@ -203,8 +203,6 @@ def train_at_swept_rate(
     """Train ``recipe(rate)`` into ``out_dir`` at the rate the base's own validation sweep chose for ``method``
     (``<root>/bench/<base>/lr_sweep.json``, ``python -m hora.assets sweep``); returns the rate and the validation
     score of every rate the sweep tried for that method. A smoke build (``quick``) without a sweep uses 1e-3."""
-    from hora.assets.lr_sweep import read_sweep
-
     sweep = read_sweep(root, base, required=not quick)
     rate, scores = (sweep["chosen"][method], sweep["scores"][method]) if sweep else (1e-3, {})
     train(base, data, recipe(rate), out_dir=out_dir, data_source=data_source, validate=validate)

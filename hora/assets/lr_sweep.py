@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from hora import cards as hora_cards
+from hora.assets.common import SWEEP_FILE, read_sweep
 from hora.io import write_atomic
 
 
 RATES = (3e-4, 1e-3, 2e-3, 4e-3, 1e-2)
 SEEDS = (0, 1)
-FILE = "lr_sweep.json"
 
 
 def readings(setup: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -74,7 +74,7 @@ def run_sweep(
             configs[name] = config_record
             seconds += sum(r["seconds"] for r in done)
     report = _report(base, setup, every, rates, seeds, size, runs, configs, seconds, quick)
-    write_atomic(assets / "bench" / base / FILE, json.dumps(report, indent=1) + "\n")
+    write_atomic(assets / "bench" / base / SWEEP_FILE, json.dumps(report, indent=1) + "\n")
     if not only:
         for path in finished.glob("*.json"):
             path.unlink()
@@ -153,19 +153,6 @@ def choose(by_rate: dict[str, float], higher: bool) -> float:
     return min((float(lr) for lr in by_rate), key=lambda lr: ((-1 if higher else 1) * by_rate[f"{lr:g}"], lr))
 
 
-def read_sweep(assets: str | Path, base: str, required: bool = True) -> dict[str, Any] | None:
-    """The base's ``lr_sweep.json``; a clear error (or None) when the sweep has not been run."""
-    path = Path(assets) / "bench" / base / FILE
-    if not path.is_file():
-        if not required:
-            return None
-        raise FileNotFoundError(
-            f"{path} is missing: run `python -m hora.assets sweep --base {base}` first; every method's learning rate "
-            "comes from its own validation sweep."
-        )
-    return json.loads(path.read_text())
-
-
 def table(report: dict[str, Any]) -> str:
     """Mean validation score per reading and rate; the chosen rate in bold."""
     header = ["reading", *[f"lr {lr:g}" for lr in report["rates"]]]
@@ -180,4 +167,4 @@ def table(report: dict[str, Any]) -> str:
     return hora_cards.table(header, rows)
 
 
-__all__ = ["FILE", "RATES", "SEEDS", "choose", "read_sweep", "readings", "run_sweep", "table"]
+__all__ = ["RATES", "SEEDS", "choose", "readings", "run_sweep", "table"]

@@ -25,7 +25,7 @@ from typing import Any
 
 from hora import cards as hora_cards
 from hora.assets import cards
-from hora.assets.common import evenly
+from hora.assets.common import SWEEP_FILE, evenly, read_sweep
 from hora.io import atomic_dir, write_atomic
 
 
@@ -166,8 +166,6 @@ def run_real_bench(
     unknown = sorted(set(only or []) - set(known))
     if unknown:
         raise ValueError(f"Unknown variant(s) {unknown} for {base}; choose from {known}.")
-    from hora.assets.lr_sweep import read_sweep
-
     lrs = read_sweep(assets, base)["chosen"]  # each reading's rate from its own validation sweep
     seeds = SEEDS[:2] if quick else SEEDS
     reference = None
@@ -297,11 +295,9 @@ def table(report: dict) -> str:
 
 
 def _write(folder: Path, report: dict) -> None:
-    from hora.assets.lr_sweep import FILE
-
     with atomic_dir(folder) as tmp:
-        if (folder / FILE).is_file():  # the sweep the rates came from stays beside the grid
-            shutil.copy2(folder / FILE, tmp / FILE)
+        if (folder / SWEEP_FILE).is_file():  # the sweep the rates came from stays beside the grid
+            shutil.copy2(folder / SWEEP_FILE, tmp / SWEEP_FILE)
         (tmp / "sample_efficiency.json").write_text(json.dumps(report, indent=1) + "\n")
         pngs = _figures(report, tmp)
         better = "higher" if report["higher_is_better"] else "lower"
