@@ -184,6 +184,16 @@ class MixedModel:
                 raise ValueError(f"{name!r} is the base itself: it cannot be removed.")
             self._variants = MappingProxyType({k: v for k, v in self._variants.items() if k != name})
 
+    def unregister_prefix(self, prefix: str) -> list[str]:
+        """Remove every variant whose name starts with ``prefix`` (a visitor's own, at the end of its session);
+        returns their names."""
+        if not prefix:
+            raise ValueError("An empty prefix would remove every variant.")
+        with self._lock:
+            gone = [n for n in self._variants if n.startswith(prefix) and n != self.base_name]
+            self._variants = MappingProxyType({k: v for k, v in self._variants.items() if k not in gone})
+        return gone
+
     def _check_nesting(self, terms: Mapping[str, Term]) -> None:
         """A routed module inside another routed module would see only some rows: refuse such a variant."""
         paths = set(terms) | {p for v in self._variants.values() for p in v.terms}

@@ -196,6 +196,12 @@ def test_rows_go_only_to_the_variants_asked_for():
     mixed.unregister("visitor-1/lora")
     with pytest.raises(ValueError, match="No variant"):
         mixed(["visitor-1/lora"], **inputs)
+    mixed.register("visitor-2/a", models["lora"])
+    mixed.register("visitor-2/b", models["dora"])
+    with mixed.route(["visitor-2/b"]), torch.no_grad():  # a call running when its variant goes finishes with it
+        assert mixed.unregister_prefix("visitor-2/") == ["visitor-2/a", "visitor-2/b"]
+        torch.testing.assert_close(mixed.model(**inputs).logits[0], logits(models["dora"], inputs)[0])
+    assert mixed.names == ["base", *METHODS]
     with pytest.raises(ValueError, match="rows"):
         mixed(["base", "lora"], **inputs)  # one row for two names
     with pytest.raises(RuntimeError, match="outside a call"):

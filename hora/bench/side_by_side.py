@@ -7,7 +7,8 @@ SmolLM2-135M-Instruct, the base and its four adapters. Each is timed three ways 
 warm-up (a slow drift of the machine hits every way alike), medians over the repeats:
 
 - **batched**: every variant in one ``hora.mixed.MixedModel`` call per forward pass (``hora.infer.*_many``);
-- **alone**: one variant alone (``hora.infer.classify`` / ``generate_stream``), the cost of a single column;
+- **alone**: one variant alone (``hora.infer.classify`` / ``generate_stream``), the cost of a single column: LoRA
+  for classify; for generate the variant that writes the most tokens (a batched call lasts as long as that one);
 - **separate**: one such call per variant in turn, what the explorer does without mixed batches.
 
 Batched and separate outputs are compared too (same top classes, same generated texts). The report (JSON, with the
@@ -121,29 +122,29 @@ def generate_case(
     warmup: int = 1,
     alone: str | None = None,
 ) -> dict[str, Any]:
-    """Sampled generations of every variant (seed 0, the explorer's default): batched, one variant alone
-    (``alone``, default LoRA) and each variant in turn. Same outputs: the same texts."""
+    """Sampled generations of every variant (seed 0, the explorer's default): batched, one variant alone and each
+    variant in turn. A batched call lasts as long as its longest generation, so the variant timed alone is by
+    default the one that writes the most tokens (found by a first, untimed call of each). Same outputs: the same
+    texts."""
     from hora import infer
 
-    mixed, alone = _mixed(base, variants), _alone(variants, alone)
+    mixed = _mixed(base, variants)
     settings = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=40, seed=0)
 
-    def single(model: nn.Module) -> str:
-        return ([""] + list(infer.generate_stream(model, tokenizer, prompt, **settings)))[-1]
+    def single(model: nn.Module) -> tuple[str, int]:
+        steps = list(infer.generate_stream(model, tokenizer, prompt, **settings))
+        return (steps[-1] if steps else ""), len(steps)
 
     def batched() -> dict[str, str]:
         steps = infer.generate_stream_many(mixed, tokenizer, prompt, list(variants), **settings)
         return ([dict.fromkeys(variants, "")] + list(steps))[-1]
 
+    tokens = {n: single(m)[1] for n, m in variants.items()}
+    alone = _alone(variants, alone or max(tokens, key=tokens.get))
     medians, results = _timed(_ways(variants, alone, batched, single), repeats, warmup)
-    texts = results["batched"]
-    report = _summary("generate", medians, mixed, alone, texts == results["separate"])
-    tokens = {n: len(tokenizer(t, add_special_tokens=False)["input_ids"]) for n, t in texts.items()}
+    same = results["batched"] == {n: text for n, (text, _) in results["separate"].items()}
+    report = _summary("generate", medians, mixed, alone, same)
     return report | {"settings": settings, "prompt": prompt, "new_tokens": tokens}
-
-
-def _default_alone(variants: dict[str, nn.Module]) -> str:
-    return "lora" if "lora" in variants else next(iter(variants))
 
 
 def _mixed(base: nn.Module, variants: dict[str, nn.Module]) -> Any:
