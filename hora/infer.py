@@ -231,9 +231,9 @@ def perplexity(model: nn.Module, tokenizer, text: str, max_tokens: int | None = 
 
 
 def _names(names: Sequence[str]) -> list[str]:
+    if isinstance(names, str) or not names:
+        raise ValueError("Give a list of at least one variant name.")
     names = list(names)
-    if not names or isinstance(names, str):
-        raise ValueError("Name at least one variant.")
     if len(set(names)) != len(names):
         raise ValueError(f"Each variant may be named once: {names}.")
     return names
