@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import threading
 
 import peft
@@ -232,30 +233,27 @@ def test_threads_each_get_their_own_rows_while_variants_come_and_go():
     base, models, mixed = served("llama")
     inputs = example_inputs("llama", batch=1)
     alone = {n: logits(m, inputs)[0] for n, m in models.items()}
-    # two threads' routings overlap without nesting (A enters, B enters, A computes and leaves, B computes):
-    # each computes its own rows
-    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
-    got: dict[str, torch.Tensor | Exception] = {}
+    # two routings overlap without nesting: A enters, B enters, A computes and leaves, then B computes
+    a_entered, b_entered, a_left = threading.Event(), threading.Event(), threading.Event()
+    got: dict[str, torch.Tensor] = {}
 
-    def routed(name: str, before: threading.Event | None, inside: threading.Event, then: threading.Event) -> None:
+    def a() -> None:
         try:
-            if before is not None:
-                before.wait(10)
-            with mixed.route([name]), torch.no_grad():
-                inside.set()
-                then.wait(10)
-                got[name] = mixed.model(**inputs).logits[0]
-        except Exception as error:  # reported below
-            got[name] = error
+            with mixed.route(["lora"]), torch.no_grad():
+                a_entered.set()
+                b_entered.wait(10)
+                got["lora"] = mixed.model(**inputs).logits[0]
         finally:
-            inside.set()
-            if name == "lora":
-                a_out.set()
+            a_left.set()
 
-    threads = [
-        threading.Thread(target=routed, args=("lora", None, a_in, b_in)),
-        threading.Thread(target=routed, args=("doran", a_in, b_in, a_out)),
-    ]
+    def b() -> None:
+        a_entered.wait(10)
+        with mixed.route(["doran"]), torch.no_grad():
+            b_entered.set()
+            a_left.wait(10)
+            got["doran"] = mixed.model(**inputs).logits[0]
+
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
     for t in threads:
         t.start()
     for t in threads:
@@ -302,7 +300,9 @@ def test_side_by_side_bench_reports_every_way_on_tiny_models(tmp_path):
     processor = ViTImageProcessor(size={"height": 16, "width": 16})
     classify = side_by_side.classify_case(vit, processor, heads, image, repeats=1, warmup=0)
     assert classify["outputs_identical"] is True and set(classify["top_class"]) == set(heads)
-    whole = {"cases": [classify, report], "machine": side_by_side.machine()}
+    whole = side_by_side.write({"cases": [classify, report], "machine": side_by_side.machine()}, tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text())["cases"][1]["new_tokens"] == report["new_tokens"]
+    assert {"cpus", "torch", "torch_threads"} <= set(whole["machine"])
     lines = side_by_side.table(whole).splitlines()
     assert [line.split()[0] for line in lines[1:3]] == ["classify", "generate"]
     args = cli._parser().parse_args(["bench", "side-by-side", "--out", str(tmp_path / "r.json")])

@@ -23,6 +23,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -212,10 +213,6 @@ def run(
 ) -> dict:
     """Both cases on the embedded real bases (``threads``: torch's intra-op threads, default as they are); the
     report is written to ``out`` (JSON) and returned."""
-    import json
-
-    from hora.io import write_atomic
-
     if threads is not None:
         torch.set_num_threads(threads)
     start = machine()
@@ -225,7 +222,17 @@ def run(
     loaded, variants = _embedded(LM_BASE)
     log(f"generate: {LM_BASE} with {', '.join(variants)}")
     generate = generate_case(loaded.model, loaded.processor, variants, max_new_tokens=max_new_tokens, repeats=repeats)
-    report = {"cases": [classify, generate], "machine": start, "load_average_after": machine()["load_average"]}
+    return write({"cases": [classify, generate], "machine": start}, out)
+
+
+def write(report: dict, out: str | os.PathLike) -> dict:
+    """Write ``report`` (JSON, with the load average now, after the timings) to ``out``; return it."""
+    import json
+
+    from hora.io import write_atomic
+
+    report = report | {"load_average_after": machine()["load_average"]}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, json.dumps(report, indent=1))
     return report
 
@@ -262,4 +269,4 @@ def run_cli(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     return {"command": "bench side-by-side", "out": os.fspath(args.out), "ratios": ratios}
 
 
-__all__ = ["add_parser", "classify_case", "generate_case", "machine", "run", "run_cli", "table"]
+__all__ = ["add_parser", "classify_case", "generate_case", "machine", "run", "run_cli", "table", "write"]
