@@ -32,6 +32,8 @@ LAYERS = {
         "hora.packaged",
         "hora.loaders",
         "hora.variants",
+        "hora.mixed_terms",
+        "hora.mixed",
         "hora.infer",
         "hora.methods",
         "hora.push",

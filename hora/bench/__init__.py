@@ -2,6 +2,7 @@
 
 - ``sample_efficiency``: held-out metric against training-set size, every method, 95% intervals over seeds;
 - ``speed``: training step time, memory and inference latency of HoRA and DoRAN against PEFT's LoRA and DoRA;
+- ``side_by_side`` (``bench side-by-side``): several adapters in one forward pass (``hora.mixed``) vs one call each;
 - ``coldstart`` (``bench cold-start``) and ``load`` (``bench load``): the explorer started in a fresh process and
   driven from outside, by headless Chromium and by concurrent ``gradio_client`` users.
 
@@ -15,6 +16,7 @@ Reports are JSON (and a plotly figure: HTML, plus PNG when ``kaleido`` is instal
 warm-up), so slow drifts of the machine hit every method alike.
 """
 
+from hora.bench import side_by_side
 from hora.bench.sample_efficiency import sample_efficiency
 from hora.bench.speed import REFERENCE_MODELS, reference_model, speed, speed_table
 from hora.bench.stats import mean_ci, t_quantile_975
@@ -25,6 +27,7 @@ __all__ = [
     "mean_ci",
     "reference_model",
     "sample_efficiency",
+    "side_by_side",
     "speed",
     "speed_table",
     "t_quantile_975",
