@@ -40,7 +40,7 @@ LAYERS = {
         "hora",  # the package's __init__: the public API, registration included
     ],
     "engine": ["hora.task", "hora.config", "hora.optim", "hora.runs", "hora.train", "hora.jobs", "hora.bench"],
-    "tools": ["hora.cli", "hora.__main__", "hora.assets", "app"],
+    "tools": ["hora.cli", "hora.__main__", "hora.assets", "hora.docs", "app"],
 }
 
 
