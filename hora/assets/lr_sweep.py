@@ -30,10 +30,21 @@ SEEDS = (0, 1)
 
 
 def readings(setup: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Reading name -> TrainConfig fields: the base's own (the vision probe) and the low-rank ones."""
-    from hora.assets.real_bench import READINGS
+    """Reading name -> TrainConfig fields: what the base's benchmark trains (the vision probe, the low-rank ones)."""
+    return setup["readings"]
 
-    return {**setup["readings"], **READINGS}
+
+def sweep_setup(assets: Path, base: str, quick: bool) -> dict[str, Any]:
+    """The benchmark setup of ``base``: a real base's (``hora.assets.real_bench``) or a tiny one's
+    (``hora.assets.bench``)."""
+    from hora.assets import bench
+    from hora.assets.real_bench import SETUPS
+
+    if base in SETUPS:
+        return SETUPS[base](assets, quick)
+    if base in bench.SPECS:
+        return bench.sweep_setup(assets, base, quick)
+    raise ValueError(f"No benchmark for {base!r}; choose one of {sorted({*SETUPS, *bench.SPECS})}.")
 
 
 def run_sweep(
@@ -49,15 +60,14 @@ def run_sweep(
     Each finished (reading, rate) is kept in ``<assets>/.runs-sweep-<base>/`` until the sweep is written, so an
     interrupted sweep resumes where it stopped.
     """
-    from hora.assets.real_bench import SETUPS
-
     assets = Path(assets)
-    setup = SETUPS[base](assets, quick)
+    setup = sweep_setup(assets, base, quick)
     every = readings(setup)
     unknown = sorted(set(only or []) - set(every))
     if unknown:
         raise ValueError(f"Unknown reading(s) {unknown} for {base}; choose from {sorted(every)}.")
-    rates, seeds, size = (RATES[:2], SEEDS[:1], setup["shots"][0]) if quick else (RATES, SEEDS, setup["shots"][0])
+    seeds = setup.get("sweep_seeds", SEEDS)  # a tiny base validates on its benchmark's pool: other seeds, other splits
+    rates, seeds, size = (RATES[:2], seeds[:1], setup["shots"][0]) if quick else (RATES, seeds, setup["shots"][0])
     earlier = read_sweep(assets, base, required=False) if only else None
     finished = assets / f".runs-sweep-{base}"
     finished.mkdir(parents=True, exist_ok=True)
@@ -68,7 +78,7 @@ def run_sweep(
             configs[name] = (earlier or {}).get("peft_configs", {}).get(name)
             continue
         for lr in rates:
-            config = replace(setup["recipe"](fields["method"], lr), **fields, shots=size)
+            config = replace(setup["recipe"](fields["method"], lr), **fields, shots=setup.get("sweep_size", size))
             done, config_record = _sweep_point(base, setup, name, config, seeds, finished, log)
             runs += done
             configs[name] = config_record
@@ -133,7 +143,7 @@ def _report(base, setup, every, rates, seeds, size, runs, configs, seconds, quic
         "metric": f"validation {metric}",
         "higher_is_better": higher,
         "validation": setup["validation_label"],
-        "size": size,
+        "size": setup.get("sweep_size", size),
         "shots_label": setup["shots_label"],
         "rates": list(rates),
         "seeds": list(seeds),
@@ -167,4 +177,4 @@ def table(report: dict[str, Any]) -> str:
     return hora_cards.table(header, rows)
 
 
-__all__ = ["RATES", "SEEDS", "choose", "readings", "run_sweep", "table"]
+__all__ = ["RATES", "SEEDS", "choose", "readings", "run_sweep", "sweep_setup", "table"]

@@ -112,7 +112,7 @@ def _lm_setup(assets: Path, quick: bool) -> dict[str, Any]:
         "shots_label": "training chunks of 128 tokens",
         "metric_label": "test reply loss (nats/token, lower is better), Macbeth and The Tempest",
         "extra": {},
-        "readings": {},
+        "readings": READINGS,
         "budget_rank": budget_rank(smollm.BASE),
         "pareto": {},  # a real-LM run costs about 2 minutes here: the six variants are the Pareto plot's points
     }
@@ -132,7 +132,7 @@ def _vision_setup(assets: Path, quick: bool) -> dict[str, Any]:
         "shots_label": "shots per class",
         "metric_label": "test accuracy on 500 held-out photos (chance 0.10)",
         "extra": {"Head only (linear probe)": {"method": "head"}},  # the reference: a backbone has no head of its own
-        "readings": {"head": {"method": "head"}},
+        "readings": {"head": {"method": "head"}, **READINGS},
         "budget_rank": budget_rank(dino.BASE),
         "validate": None,  # the engine's own: few-shot-pool photos not drawn as shots (whole photos, never trained on)
         "validation_metric": "accuracy",
