@@ -102,6 +102,73 @@ def _real_grid(base: str) -> str:
     return _with_notes(table(report), config_notes(_grid_runs(report)))
 
 
+PAIRS = (  # the comparisons the papers' claims are about, A minus B on the same seeds (the same shots for both)
+    ("HoRA r8, only B generated (default)", "LoRA r8"),
+    ("HoRA r8, only B generated (default)", "LoRA r{budget}, HoRA's budget"),
+    ("HoRA r8, A and B generated", "LoRA r8"),
+    ("DoRA r8", "LoRA r8"),
+    ("DoRAN r8", "DoRA r8"),
+)
+
+
+def paired_rows(report: dict) -> list[list[str]]:
+    """Rows of A − B per training-set size: mean [95% interval] over seeds and what it says (which is better, or no
+    difference shown when the interval covers 0). The sign reads as the metric: for a loss, negative favours A."""
+    from hora.bench.stats import paired_difference
+
+    names = list(report["results"])
+    budget = next((n for n in names if n.endswith("HoRA's budget")), "")
+    rows = []
+    for a, b in PAIRS:
+        b = budget if "{budget}" in b else b
+        if a not in names or b not in names:
+            continue
+        for k in report["shots"]:
+            values = {
+                name: {r["seed"]: r["value"] for r in report["runs"] if r["method"] == name and r["shots"] == k}
+                for name in (a, b)
+            }
+            if not values[a] or not values[b]:
+                continue
+            diff = paired_difference(values[a], values[b])
+            favours_a = diff["ci_low"] > 0 if report["higher_is_better"] else diff["ci_high"] < 0
+            favours_b = diff["ci_high"] < 0 if report["higher_is_better"] else diff["ci_low"] > 0
+            verdict = (
+                f"{a.split(',')[0]} better"
+                if favours_a
+                else f"{b.split(',')[0]} better"
+                if favours_b
+                else "no difference shown"
+            )
+            cell = f"{diff['mean']:+.3f} [{diff['ci_low']:+.3f}, {diff['ci_high']:+.3f}]"
+            rows.append([f"{a} − {b}", str(k), cell, verdict])
+    return rows
+
+
+def _paired(base: str) -> str:
+    from hora import cards as hora_cards
+
+    report = _json(ROOT / "assets" / "bench" / base / "sample_efficiency.json")
+    header = [
+        "A − B",
+        report["shots_label"],
+        f"mean difference [95% interval], {len(report['seeds'])} seeds",
+        "reading",
+    ]
+    return hora_cards.table(header, paired_rows(report))
+
+
+def _agreement(base: str) -> str:
+    from hora.assets.real_bench import rank_agreement
+
+    report = _json(ROOT / "assets" / "bench" / base / "sample_efficiency.json")
+    rho = ", ".join(f"{value:+.2f} at {k} {report['shots_label']}" for k, value in rank_agreement(report).items())
+    return (
+        f"Validation ({report['validation_label']}) and test rank the variants alike to Spearman's rho {rho} "
+        "(1: the same order)."
+    )
+
+
 def _lr_sweep(base: str) -> str:
     from hora.assets.lr_sweep import table
 
@@ -148,6 +215,8 @@ _METHOD_ORDER = ["head", "lora", "hora", "dora", "doran"]
 
 RENDERERS: dict[str, Callable[[str], str]] = {
     "real-grid": _real_grid,
+    "paired": _paired,
+    "agreement": _agreement,
     "lr-sweep": _lr_sweep,
     "tiny-grid": _tiny_grid,
     "embedded": _embedded,
