@@ -361,7 +361,7 @@ def factor_scatter(projections: Mapping[str, FactorProjection], labels: Mapping[
 
 
 def training_curves(
-    histories: Mapping[str, Mapping[str, list]],
+    histories: Mapping[str, Mapping[str, object]],
     metric: str,
     methods: Mapping[str, str] | None = None,
     metric_title: str | None = None,
@@ -369,8 +369,9 @@ def training_curves(
 ) -> go.Figure:
     """Training loss (left) and the held-out metric (right) per method as training streams in.
 
-    ``histories`` maps a method's name to ``{"step": [...], "loss": [...], "eval_step": [...], metric: [...]}``;
-    ``chance`` draws the accuracy a guess would get as a dashed line.
+    ``histories`` maps a method's name to ``{"step": [...], "loss": [...], "eval_step": [...], "held_out": [...]}``
+    (the training loss and the held-out ``metric`` kept apart), and ``"kept": (step, value)`` where the run kept the
+    weights of an earlier evaluation (drawn as a star); ``chance`` draws the accuracy of a guess as a dashed line.
     """
     right = metric_title or f"held-out {metric}"
     fig = make_subplots(
@@ -386,7 +387,7 @@ def training_curves(
         fig.add_trace(
             go.Scatter(
                 x=h.get("eval_step", []),
-                y=h.get(metric, []),
+                y=h.get("held_out", []),
                 name=name,
                 mode="lines+markers",
                 line_color=colour,
@@ -395,6 +396,21 @@ def training_curves(
             row=1,
             col=2,
         )
+        if h.get("kept"):
+            step, value = h["kept"]
+            fig.add_trace(
+                go.Scatter(
+                    x=[step],
+                    y=[value],
+                    name=f"{name}: kept step {step}",
+                    mode="markers",
+                    marker=dict(symbol="star", size=14, color=colour, line=dict(color="#222222", width=1)),
+                    hovertemplate=f"{name}: the weights of step {step} were kept (best held-out)<extra></extra>",
+                    showlegend=False,
+                ),
+                row=1,
+                col=2,
+            )
     if chance is not None:
         fig.add_hline(y=chance, line=dict(color="#555555", dash="dash", width=1), row=1, col=2)
         fig.add_annotation(

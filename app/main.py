@@ -13,7 +13,8 @@ from collections.abc import Callable
 import gradio as gr
 
 from app import compare, finetune, heads, models_tab
-from app.context import Context, sample_tasks
+from app.context import Context
+from app.finetune_data import sample_tasks
 from app.settings import LIMITS
 from app.store import ModelStore, SessionModels
 

@@ -328,3 +328,97 @@ def test_phone_reaches_every_tab_and_keeps_labels_and_titles_legible(browser, ap
         shot(phone, "phone-heads")
     finally:
         phone.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What the explorer draws is what happened (issue #24)
+
+TRACES_JS = """(root) => root.data.map(t => ({name: t.name, axis: t.xaxis || 'x', x: [...(t.x || [])], y: [...(t.y || [])]}))"""
+
+
+def finetune_page(browser, app_url, base: str = "lm-shakespeare", sample: str | None = "folio-hamlet.txt"):
+    """A fresh page on the Fine-tune tab with ``base`` and ``sample`` chosen."""
+    page = open_page(browser, app_url, 1440, 900)
+    tab(page, "Fine-tune")
+    page.locator("#ft-base input").click()
+    page.get_by_role("option", name=base).click()
+    if sample:
+        page.locator("#ft-sample input").click()
+        page.get_by_role("option", name=sample).click()
+        expect(page.locator("#ft-sample input")).to_have_value(sample)
+    return page
+
+
+def table_rows(page, selector: str) -> list[list[str]]:
+    """The body rows of a Gradio dataframe, as the visitor reads them."""
+    return page.locator(selector).evaluate(
+        """(root) => [...root.querySelectorAll('[role=row]')].map(r => [...r.querySelectorAll('[role=gridcell]')]
+             .map(c => c.innerText.trim())).filter(cells => cells.length)"""
+    )
+
+
+def test_language_model_curves_keep_training_and_held_out_losses_apart(browser, app_url):
+    """An LM's held-out metric is a loss too: each curve has as many x as y, and the held-out one ends at the table."""
+    page = finetune_page(browser, app_url)
+    try:
+        page.locator("#ft-steps input[type=number]").fill("12")
+        page.locator("#ft-start").click()
+        expect(page.locator("#ft-status")).to_contain_text("Done.", timeout=180_000)
+        traces = page.locator("#ft-curves .js-plotly-plot").first.evaluate(TRACES_JS)
+        curves = [t for t in traces if t["name"] in ("LoRA r=8", "HoRA r=8")]
+        assert len(curves) == 4, traces
+        assert all(len(t["x"]) == len(t["y"]) > 0 for t in curves), [
+            (t["name"], len(t["x"]), len(t["y"])) for t in curves
+        ]
+        assert all(len(t["x"]) == 12 for t in curves if t["axis"] == "x")
+        rows = {r[0]: float(r[4]) for r in table_rows(page, "#ft-table")}
+        for t in curves:
+            if t["axis"] == "x2":  # the held-out panel ends where the table says the run ended
+                assert t["x"][-1] == 12 and round(t["y"][-1], 4) == rows[t["name"].split(" ")[0]], (t, rows)
+        no_error_pills(page)
+    finally:
+        page.close()
+
+
+def test_a_run_that_fails_leaves_start_usable(browser, app_url, monkeypatch):
+    from hora import jobs
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(jobs, "train", fails)  # the server runs in this process
+    page = finetune_page(browser, app_url)
+    try:
+        page.locator("#ft-start").click()
+        expect(page.locator("#ft-status")).to_contain_text("disk on fire", timeout=60_000)
+        expect(page.locator("#ft-start")).to_be_enabled(timeout=15_000)
+        expect(page.locator("#ft-stop")).to_be_disabled()
+        assert page.locator("#ft-status").inner_text().count("disk on fire") == 1  # LoRA and HoRA: said once
+    finally:
+        page.close()
+
+
+def test_data_no_method_can_use_is_refused_once_before_training(browser, app_url, tmp_path, monkeypatch):
+    from hora import jobs
+
+    started = []
+    real_train = jobs.train
+    monkeypatch.setattr(jobs, "train", lambda *a, **k: started.append(1) or real_train(*a, **k))
+    one = tmp_path / "one-paragraph.txt"
+    one.write_text("A single paragraph a visitor wrote, on one line, with nothing to hold out for testing.\n")
+    page = finetune_page(browser, app_url, sample=None)
+    try:
+        page.locator("#ft-upload input[type=file]").set_input_files(str(one))
+        expect(page.locator("#ft-upload")).to_contain_text("one-paragraph", timeout=30_000)
+        page.locator("#ft-start").click()
+        upload = page.locator("#ft-upload")
+        expect(upload).to_contain_text("needs at least two documents", timeout=30_000)
+        expect(upload).to_contain_text("one-paragraph.txt cannot be used")  # names the data, not the methods
+        page.wait_for_timeout(3_000)  # what a run would have printed by now
+        assert page.locator("body").inner_text().count("needs at least two documents") == 1
+        assert "failed" not in page.locator("#ft-status").inner_text()
+        assert started == []  # refused before any method started
+        expect(page.locator("#ft-start")).to_be_enabled()
+        expect(page.locator("#ft-stop")).to_be_disabled()
+    finally:
+        page.close()
