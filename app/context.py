@@ -38,7 +38,8 @@ EXAMPLES_MANIFEST = "examples.json"
 @dataclass
 class Context:
     """``session`` is the per-visitor ``gr.State`` (a ``SessionModels``); ``samples`` maps a bundled dataset's
-    name to its path and ``sample_tasks`` to its task; ``examples`` are image paths offered in Compare."""
+    name to its path and ``sample_tasks`` to its task; ``examples`` are image paths offered in Compare; ``passage``
+    is the default text to score and ``passages`` every bundled one (``app.language`` picks one per base)."""
 
     store: ModelStore
     session: gr.State
@@ -51,6 +52,7 @@ class Context:
     budget: TrainingBudget = field(
         default_factory=lambda: TrainingBudget(LIMITS.max_visitor_train_seconds, LIMITS.train_budget_window)
     )
+    passages: dict[str, str] = field(default_factory=dict)  # every bundled passage, file name -> text
 
 
 # Fair sharing (app.guard): every run-starting event joins one lane (its concurrency_id); a visitor may hold a few
@@ -132,6 +134,49 @@ def initial_variant_choices(
     return update
 
 
+def models_problem(
+    store: ModelStore, session: SessionModels | None, base_name: str, names: list[str] | None, generate: bool
+) -> tuple[str | None, str | None]:
+    """(problem with the base, problem with the ticked models) of a Compare section, each a sentence or None."""
+    if not base_name:
+        return "Pick a base model first.", None
+    try:
+        variants = variants_of(store, session, base_name)
+    except KeyError as error:
+        return str(error.args[0]), None
+    chosen = [n for n in (names or []) if n in variants]
+    if not chosen:
+        return None, "Tick at least one model to compare."
+    mute = [n for n in chosen if generate and not can_generate(variants[n])]
+    if mute:
+        return None, f"{', '.join(mute)} classifies text and cannot generate it: untick it."
+    return None, None
+
+
+def chosen_variants(
+    store: ModelStore, session: SessionModels | None, base_name: str, names: list[str] | None, generate: bool = False
+) -> dict[str, Variant]:
+    """The ticked variants of a base, in order; a ``gr.Error`` saying what to fix when there are none to run."""
+    base_problem, names_problem = models_problem(store, session, base_name, names, generate)
+    if base_problem or names_problem:
+        raise gr.Error(base_problem or names_problem)
+    variants = variants_of(store, session, base_name)
+    return {n: variants[n] for n in names if n in variants}
+
+
+def frame(rows: list[list], columns: list[str]):
+    """A table with its headers (a bare list of rows would lose them)."""
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=columns)
+
+
+def rank_text(variant: Variant) -> str:
+    """``"r=8 · "`` for a low-rank adapter, else nothing: the start of a plot's subtitle."""
+    rank = facts(variant).rank if variant.method != "base" else None
+    return f"r={rank} · " if rank is not None else ""
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # What a model is
 
@@ -166,7 +211,9 @@ LOSS_UNIT = "nats/token, lower is better"
 def _score(metrics: dict) -> tuple[str, str]:
     """(score, unit) of a card's held-out metrics: accuracy, or the loss on each held-out set."""
     if "accuracy" in metrics:
-        return f"accuracy {metrics['accuracy']:.2f}", ""
+        n = metrics.get("n")  # how many held-out items: "356/500" says what "0.71" is of
+        right = f" ({round(metrics['accuracy'] * n)}/{n})" if isinstance(n, int) and n > 0 else ""
+        return f"accuracy {metrics['accuracy']:.2f}{right}", ""
     losses = {k: v["loss"] for k, v in metrics.items() if isinstance(v, dict) and "loss" in v}
     if losses:
         return "loss " + ", ".join(f"{k} {v:.2f}" for k, v in losses.items()), LOSS_UNIT

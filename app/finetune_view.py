@@ -76,13 +76,13 @@ def _held_out_size(result, kind: str) -> str:
 
 
 def score(result, metric: str) -> object:
-    """The table's held-out score: an accuracy as right/total with its fraction ("7/8 = 0.88"), a loss as it is."""
+    """The table's held-out score: an accuracy as right/total with its fraction ("7/8 (0.88)"), a loss as it is."""
     value = result.final.get(metric)
     if value is None:
         return None
     n = _held_out_count(result) if metric == "accuracy" else None
     if n:
-        return f"{round(value * n)}/{n} = {value:.2f}"
+        return f"{round(value * n)}/{n} ({value:.2f})"
     return round(value, 4)
 
 

@@ -206,7 +206,7 @@ def test_finetune_streams_curves_and_returns_loadable_adapters(client, tmp_path)
     rows = table["data"]
     assert [r[0] for r in rows] == ["head-only", "LoRA", "HoRA"] and all(r[3] == 12 for r in rows)
     assert table["headers"][4] == "held-out accuracy (chance 0.33, 24 items)" and [r[1] for r in rows] == ["—", 4, 4]
-    assert all(re.fullmatch(r"\d+/24 = [01]\.\d\d", r[4]) for r in rows)  # right/total, then the fraction
+    assert all(re.fullmatch(r"\d+/24 \([01]\.\d\d\)", r[4]) for r in rows)  # right/total, then the fraction
     assert {r[6] for r in rows} == {"finished"}
     losses = [t for t in plot(curves)["data"] if t["xaxis"] == "x"]
     assert all(len(t["y"]) == 12 for t in losses)

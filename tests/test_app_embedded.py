@@ -82,7 +82,7 @@ def test_a_short_fine_tune_on_the_bundled_digit_sample(client):
     )
     # HoRA's default generates only B: 18,122 trainable parameters here (the embedded HoRA, with A generated, 37,386)
     assert status.startswith("Done.") and table["data"][0][:4] == ["HoRA", 8, 18122, 3] and len(files) == 1
-    assert table["headers"][4] == "held-out accuracy (chance 0.10)"
+    assert table["headers"][4] == "held-out accuracy (chance 0.10, 60 items)"
 
 
 def test_an_adapter_goes_onto_its_own_base(client):

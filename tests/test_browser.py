@@ -415,10 +415,88 @@ def test_data_no_method_can_use_is_refused_once_before_training(browser, app_url
         expect(upload).to_contain_text("needs at least two documents", timeout=30_000)
         expect(upload).to_contain_text("one-paragraph.txt cannot be used")  # names the data, not the methods
         page.wait_for_timeout(3_000)  # what a run would have printed by now
-        assert page.locator("body").inner_text().count("needs at least two documents") == 1
+        shown = page.evaluate(  # on screen (a screen reader's copy of a message, .sr-only, is no second message)
+            """() => [...document.querySelectorAll('body *')].filter(e => !e.closest('.sr-only')
+                 && [...e.childNodes].some(n => n.nodeType === 3
+                 && n.textContent.includes('needs at least two documents'))).map(e => e.textContent.trim())"""
+        )
+        assert len(shown) == 1, shown
         assert "failed" not in page.locator("#ft-status").inner_text()
         assert started == []  # refused before any method started
         expect(page.locator("#ft-start")).to_be_enabled()
         expect(page.locator("#ft-stop")).to_be_disabled()
     finally:
         page.close()
+
+
+def rows_of(page, selector: str) -> int:
+    """How many body rows a Gradio dataframe shows."""
+    return len(table_rows(page, selector))
+
+
+def test_results_on_screen_belong_to_the_input_on_screen(browser, app_url):
+    """Another example image, another base, another prompt: the answers of the one before are cleared, never left
+    beside the new input; pressing the button brings them back."""
+    page = open_page(browser, app_url, 1440, 900)
+    try:
+        shelf = page.locator(".examples-shelf:visible")
+        expect(page.locator("#vision-plot .js-plotly-plot .bars path:visible").first).to_be_visible(timeout=30_000)
+        assert rows_of(page, "#vision-table") >= 2
+        shown = page.locator("#truth input, #truth textarea").first.input_value()
+        shelf.get_by_role("button").filter(has_not_text=re.compile(rf" {re.escape(shown)}$")).first.click()
+        expect(page.locator("#vision-plot")).to_contain_text("Press Classify", timeout=15_000)
+        assert rows_of(page, "#vision-table") == 0
+        page.locator("#classify-btn").click()
+        expect(page.locator("#vision-plot .js-plotly-plot .bars path:visible").first).to_be_visible(timeout=60_000)
+        assert rows_of(page, "#vision-table") >= 2
+        page.locator("#vision-base input").click()
+        page.get_by_role("option", name="vit-digits").click()
+        expect(page.locator("#vision-plot")).to_contain_text("Press Classify", timeout=15_000)
+        assert rows_of(page, "#vision-table") == 0
+
+        answers = page.locator("#generations .gen-col")
+        expect(answers.first).to_be_visible(timeout=30_000)  # the first paint's answers
+        assert rows_of(page, "#ppl-table") >= 2  # and perplexities, no longer an empty table
+        page.locator("#prompt textarea").fill("Tell me about the sea.")
+        expect(answers).to_have_count(0, timeout=15_000)
+        expect(page.locator("#token-plot")).to_contain_text("Press Generate")
+        passage = page.locator("#passage textarea")
+        before = passage.input_value()
+        page.locator("#lm-base input").click()
+        page.get_by_role("option", name="lm-shakespeare").click()
+        expect(passage).not_to_have_value(before, timeout=15_000)  # the new base's own passage
+        expect(page.locator("#ppl-notice")).to_contain_text("Press Score passage")
+        assert rows_of(page, "#ppl-table") == 0
+        page.locator("#ppl-btn").click()
+        expect(page.locator("#ppl-table [role=gridcell]").first).to_be_visible(timeout=60_000)
+        no_error_pills(page)
+    finally:
+        page.close()
+
+
+# Top-k labels (y ticks) that run into one another or into another plot's area.
+LABELS_JS = """(root) => {
+  const hit = (a, b) => a.left < b.right - 1 && b.left < a.right - 1 && a.top < b.bottom - 1 && b.top < a.bottom - 1;
+  const labels = [...root.querySelectorAll('.yaxislayer-above text')].map(t => [t.textContent, t.getBoundingClientRect()])
+    .filter(([, r]) => r.width > 0);
+  const areas = [...root.querySelectorAll('.draglayer .nsewdrag')].map(r => r.getBoundingClientRect());
+  const clashes = [];
+  labels.forEach(([a, ra], i) => {
+    labels.forEach(([b, rb], j) => { if (i < j && hit(ra, rb)) clashes.push(`${a} / ${b}`); });
+    areas.forEach((r) => { if (hit(ra, r)) clashes.push(`${a} / a plot`); });
+    if (ra.left < 0 || ra.right > document.documentElement.clientWidth) clashes.push(`${a} / the screen's edge`);
+  });
+  return {labels: labels.length, areas: areas.length, clashes};
+}"""
+
+
+def test_top_k_labels_stay_apart_on_a_phone(browser, app_url):
+    phone = open_page(browser, app_url, 390, 844)
+    try:
+        for selector in ("#vision-plot", "#token-plot"):
+            plot = phone.locator(f"{selector} .js-plotly-plot").first
+            expect(plot.locator(".bars path").first).to_be_attached(timeout=30_000)
+            found = plot.evaluate(LABELS_JS)
+            assert found["labels"] >= 5 and found["areas"] >= 1 and found["clashes"] == [], (selector, found)
+    finally:
+        phone.close()
