@@ -500,3 +500,22 @@ def test_top_k_labels_stay_apart_on_a_phone(browser, app_url):
             assert found["labels"] >= 5 and found["areas"] >= 1 and found["clashes"] == [], (selector, found)
     finally:
         phone.close()
+
+
+def test_use_these_adapters_right_after_stop_waits_for_the_run(browser, app_url):
+    """Stop, then at once Use these adapters: the run has not yielded its last step yet; the button waits for it
+    (and says so) instead of answering that there is nothing to add."""
+    page = finetune_page(browser, app_url)
+    try:
+        page.locator("#ft-methods").get_by_text("HoRA").click()  # untick: LoRA alone
+        page.locator("#ft-steps input[type=number]").fill("400")
+        page.locator("#ft-start").click()
+        expect(page.locator("#ft-status")).to_contain_text("step", timeout=90_000)
+        page.locator("#ft-stop").dispatch_event("click")
+        page.locator("#ft-use").dispatch_event("click")
+        message = page.locator("#ft-use-message")
+        expect(message).to_contain_text("Added", timeout=90_000)
+        assert "Nothing to add" not in message.inner_text()
+        expect(page.locator("#ft-status")).to_contain_text("LoRA: stopped by you after")
+    finally:
+        page.close()
