@@ -73,11 +73,21 @@ def check_run(store, samples, session, base_name, upload, sample, methods, rank,
     found = problems(store, samples, session, base_name, upload, sample, methods, shots)
     data = found.get("data")
     problem = [found.get("base"), data if upload else None, None if upload else data, found.get("methods")]
-    return [None] + [valid(p) for p in problem] + [valid()] * 3 + [valid(found.get("shots")), valid()]
+    try:
+        rate = learning_rate(lr)
+        rate_problem = "A learning rate is above 0 (or blank)." if rate is not None and rate <= 0 else None
+    except ValueError:
+        rate_problem = "Type a number such as 0.003, or leave it blank for the base's tuned rate."
+    controls = [valid(p) for p in problem] + [valid(), valid(), valid(rate_problem), valid(found.get("shots"))]
+    return [None, *controls, valid()]
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# The run
+def learning_rate(typed: object) -> float | None:
+    """The learning rate typed in the box (a text box: a number box cannot stay blank), None when it is blank;
+    a ValueError when it is no number."""
+    if typed is None or (isinstance(typed, str) and not typed.strip()):
+        return None
+    return float(typed)
 
 
 def learning_rates(store: ModelStore, session: SessionModels | None, base_name: str | None) -> dict:
@@ -107,7 +117,7 @@ def run(
     methods: list[str] | None = None,
     rank: float = 8,
     steps: float = 60,
-    lr: float | None = None,
+    lr: str | float | None = None,
     shots: float = 8,
     seed: float = 0,
     progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio injects the progress tracker
@@ -124,6 +134,10 @@ def run(
     found = problems(store, samples, session, base_name, upload, sample, methods, shots)
     if found:
         raise gr.Error(" ".join(found.values()))
+    try:
+        rate = learning_rate(lr)
+    except ValueError as err:
+        raise gr.Error("The learning rate must be a number such as 0.003, or blank.") from err
     dataset = load_data_cached(upload or samples[sample])
     kind = data_kind(dataset)
     steps = int(clamp(steps, 1, LIMITS.max_train_steps))
@@ -146,7 +160,7 @@ def run(
     updates = train_in_turn(
         get_base(store, session, base_name).location,
         dataset,
-        _configs(methods, kind, rank, steps, lr, shots, seed, recipe_of(get_base(store, session, base_name))),
+        _configs(methods, kind, rank, steps, rate, shots, seed, recipe_of(get_base(store, session, base_name))),
         out_root=job.folder,
         cancel=cancel,
         budget_seconds=seconds,
@@ -295,7 +309,7 @@ class _Controls:
     methods: gr.CheckboxGroup
     rank: gr.Slider
     steps: gr.Slider
-    lr: gr.Number
+    lr: gr.Textbox
     shots: gr.Slider
     seed: gr.Number
     start: gr.Button
@@ -328,10 +342,11 @@ def _controls(ctx: Context) -> _Controls:
         steps = gr.Slider(1, LIMITS.max_train_steps, value=steps_value, step=1, label="Steps", elem_id="ft-steps")
         shots = gr.Slider(1, 64, value=8, step=1, label="Shots per class", elem_id="ft-shots")
         with gr.Row():
-            lr = gr.Number(  # blank, not 0: the placeholder shows what blank means for this base
-                value=None,
+            lr = gr.Textbox(  # not a number box: Gradio's shows 0 when blank; blank means the tuned rate
+                value="",
                 label="Learning rate (blank: the base's tuned rate)",
                 min_width=120,
+                max_lines=1,
                 elem_id="ft-lr",
                 placeholder=learning_rates(ctx.store, None, first)["placeholder"],
             )
