@@ -524,7 +524,7 @@ def test_use_these_adapters_right_after_stop_waits_for_the_run(browser, app_url)
 def test_a_blank_learning_rate_box_is_blank_and_says_what_blank_means(browser, app_url):
     page = finetune_page(browser, app_url, "smollm2-135m-instruct", sample=None)
     try:
-        box = page.locator("#ft-lr input, #ft-lr textarea").first
+        box = page.get_by_label("Learning rate (blank: the base's tuned rate)")
         expect(box).to_have_value("")  # not 0: blank takes each method's tuned rate
         expect(box).to_have_attribute("placeholder", "0.003 (DoRAN 0.001)")  # this base's tuned rates
     finally:
