@@ -172,7 +172,7 @@ def head_heatmaps(
                     colorscale=DIVERGING,
                     showscale=(row == 1 and h == 0),
                     colorbar=dict(
-                        title=dict(text="ΔW entry,<br>relative to<br>its row's<br>largest |entry|"),
+                        title=dict(text="ΔW entry,<br>relative to<br>its row's max"),
                         tickvals=[-zmax, 0, zmax],
                         ticktext=["−max", "0", "+max"],
                         len=0.8,
