@@ -9,8 +9,8 @@ Example images carry their true label by one naming rule, ``<kind>-<label>-<anyt
 (``digit-7-heldout-0017.png`` is a "digit" whose label is "7"), or by an ``examples.json`` beside them that maps a
 file name to its label; a label that neither the base nor any of its adapters knows is no label.
 
-Also here: the checks of a visitor's data that run before a fine-tune (``problems``), and ``as_sentences``, which
-turns any exception reaching the UI into one readable sentence.
+Also here: ``as_sentences``, which turns any exception reaching the UI into one readable sentence. The checks of a
+visitor's data before a fine-tune are ``app.finetune_data``'s.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ import functools
 import inspect
 import json
 import os
-import threading
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +27,9 @@ from typing import Any
 import gradio as gr
 
 from app.guard import FairShare, FairShareError, TrainingBudget, pending_jobs, visitor_id
-from app.settings import LIMITS, clamp
+from app.settings import LIMITS
 from app.store import Base, ModelStore, SessionModels, Variant, get_base, summary_of, variants_of
-from hora.data import DataError, detect_task, load_data
 from hora.methods import label as method_label
-from hora.task import data_kind
 
 
 EXAMPLES_MANIFEST = "examples.json"
@@ -42,7 +38,8 @@ EXAMPLES_MANIFEST = "examples.json"
 @dataclass
 class Context:
     """``session`` is the per-visitor ``gr.State`` (a ``SessionModels``); ``samples`` maps a bundled dataset's
-    name to its path and ``sample_tasks`` to its task; ``examples`` are image paths offered in Compare."""
+    name to its path and ``sample_tasks`` to its task; ``examples`` are image paths offered in Compare; ``passage``
+    is the default text to score and ``passages`` every bundled one (``app.language`` picks one per base)."""
 
     store: ModelStore
     session: gr.State
@@ -55,6 +52,7 @@ class Context:
     budget: TrainingBudget = field(
         default_factory=lambda: TrainingBudget(LIMITS.max_visitor_train_seconds, LIMITS.train_budget_window)
     )
+    passages: dict[str, str] = field(default_factory=dict)  # every bundled passage, file name -> text
 
 
 # Fair sharing (app.guard): every run-starting event joins one lane (its concurrency_id); a visitor may hold a few
@@ -136,6 +134,49 @@ def initial_variant_choices(
     return update
 
 
+def models_problem(
+    store: ModelStore, session: SessionModels | None, base_name: str, names: list[str] | None, generate: bool
+) -> tuple[str | None, str | None]:
+    """(problem with the base, problem with the ticked models) of a Compare section, each a sentence or None."""
+    if not base_name:
+        return "Pick a base model first.", None
+    try:
+        variants = variants_of(store, session, base_name)
+    except KeyError as error:
+        return str(error.args[0]), None
+    chosen = [n for n in (names or []) if n in variants]
+    if not chosen:
+        return None, "Tick at least one model to compare."
+    mute = [n for n in chosen if generate and not can_generate(variants[n])]
+    if mute:
+        return None, f"{', '.join(mute)} classifies text and cannot generate it: untick it."
+    return None, None
+
+
+def chosen_variants(
+    store: ModelStore, session: SessionModels | None, base_name: str, names: list[str] | None, generate: bool = False
+) -> dict[str, Variant]:
+    """The ticked variants of a base, in order; a ``gr.Error`` saying what to fix when there are none to run."""
+    base_problem, names_problem = models_problem(store, session, base_name, names, generate)
+    if base_problem or names_problem:
+        raise gr.Error(base_problem or names_problem)
+    variants = variants_of(store, session, base_name)
+    return {n: variants[n] for n in names if n in variants}
+
+
+def frame(rows: list[list], columns: list[str]):
+    """A table with its headers (a bare list of rows would lose them)."""
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=columns)
+
+
+def rank_text(variant: Variant) -> str:
+    """``"r=8 · "`` for a low-rank adapter, else nothing: the start of a plot's subtitle."""
+    rank = facts(variant).rank if variant.method != "base" else None
+    return f"r={rank} · " if rank is not None else ""
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # What a model is
 
@@ -170,7 +211,9 @@ LOSS_UNIT = "nats/token, lower is better"
 def _score(metrics: dict) -> tuple[str, str]:
     """(score, unit) of a card's held-out metrics: accuracy, or the loss on each held-out set."""
     if "accuracy" in metrics:
-        return f"accuracy {metrics['accuracy']:.2f}", ""
+        n = metrics.get("n")  # how many held-out items: "356/500" says what "0.71" is of
+        right = f" ({round(metrics['accuracy'] * n)}/{n})" if isinstance(n, int) and n > 0 else ""
+        return f"accuracy {metrics['accuracy']:.2f}{right}", ""
     losses = {k: v["loss"] for k, v in metrics.items() if isinstance(v, dict) and "loss" in v}
     if losses:
         return "loss " + ", ".join(f"{k} {v:.2f}" for k, v in losses.items()), LOSS_UNIT
@@ -298,115 +341,6 @@ def example_label(path: str, truth: str | None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Data a visitor brings (or a bundled sample)
-
-
-def sample_tasks(samples: dict[str, str]) -> dict[str, str]:
-    """The task of each bundled sample (``image``, ``text`` or ``lm``), read once when the app is built."""
-    return {name: detect_task(path) for name, path in samples.items()}
-
-
-DEFAULT_LR = 3e-3  # fine-tuning's learning rate on a base without a recipe
-DEFAULT_STEPS = 60  # and its steps
-
-
-def recipe_of(base: Base | None) -> dict:
-    """How a base's shipped adapters were fine-tuned (its ``info["finetune"]``: steps, batch size, context, the
-    tuned learning rate of each method, its sample); empty for a base without one."""
-    recipe = ((base.info or {}) if base is not None else {}).get("finetune")
-    return recipe if isinstance(recipe, dict) else {}
-
-
-def sample_choices(
-    store: ModelStore, tasks: dict[str, str], session: SessionModels | None, base_name: str | None
-) -> dict:
-    """The bundled samples a base can train on (image data for an image model, text for a language model), with
-    the base's own sample selected when it has one."""
-    base = get_base(store, session, base_name) if base_name else None
-    kind = base.kind if base is not None else None
-    names = [n for n, task in tasks.items() if kind is None or (task == "image") == (kind == "image")]
-    own = recipe_of(base).get("sample")
-    return gr.update(choices=names, value=own if own in names else None)
-
-
-_loaded: dict[tuple, Any] = {}  # (path, size, mtime) -> dataset: a validator's load serves the run after it
-_loaded_lock = threading.Lock()
-
-
-def load_data_cached(path: str) -> Any:
-    """``hora.data.load_data(path)``, remembered for the last few files (uploads are new files, so never stale)."""
-    stat = os.stat(path)
-    key = (path, stat.st_size, stat.st_mtime_ns)
-    with _loaded_lock:
-        if key in _loaded:
-            return _loaded[key]
-    dataset = load_data(path)
-    with _loaded_lock:
-        while len(_loaded) >= 4:
-            _loaded.pop(next(iter(_loaded)))
-        _loaded[key] = dataset
-    return dataset
-
-
-def shots_problem(dataset: Any, shots: int) -> tuple[str | None, str | None]:
-    """(problem with the data, problem with the shots) of a classification dataset, naming the class at fault and
-    the largest number of shots that would work."""
-    counts = Counter(dataset.labels)
-    smallest = min(counts, key=lambda c: (counts[c], c))
-    name, n = dataset.classes[smallest], counts[smallest]
-    if n < 2:
-        return f"Class {name!r} has only {n} example; every class needs at least 2 (one to train, one to test).", None
-    if shots + 1 > n:
-        return None, (
-            f"Your smallest class, {name!r}, has {n} examples: {shots} shots per class need {shots + 1} in every "
-            f"class ({shots} to train, 1 to test). Set Shots to {n - 1} or lower, or add examples."
-        )
-    return None, None
-
-
-def problems(store, samples, session, base_name, upload, sample, methods, shots) -> dict[str, str]:
-    """Everything that would stop a fine-tune before it starts, keyed by the control at fault: ``base``, ``data``
-    (the upload or the sample), ``methods`` (the methods it may train, already filtered) or ``shots``."""
-    found: dict[str, str] = {}
-    if not methods:
-        found["methods"] = "Tick at least one method."
-    if not base_name:
-        return {**found, "base": "Pick a base model."}
-    base = get_base(store, session, base_name)
-    if base.location is None:
-        found["base"] = f"{base_name} was not loaded from a folder, so it cannot be fine-tuned here."
-    elif session is not None and LIMITS.max_session_train_seconds - session.train_seconds <= 0:
-        found["base"] = "This session has used its fine-tuning time. Reload the page for a new session."
-    if not upload and not sample:
-        return {**found, "data": "Upload a dataset (image zip, CSV, JSONL or TXT) or pick a bundled sample."}
-    if not upload and sample not in samples:
-        return {**found, "data": f"No bundled sample {sample!r}; the samples are: {', '.join(samples) or 'none'}."}
-    try:
-        dataset = load_data_cached(upload or samples[sample])
-    except DataError as err:  # the engine's refusals, as they are
-        return {**found, "data": str(err)}
-    kind = data_kind(dataset)
-    if (kind == "image") != (base.kind == "image"):
-        what = "an image classifier" if base.kind == "image" else "a language model"
-        fix = "pick an image base or upload images" if kind == "image" else "pick a language base or upload text"
-        return {**found, "data": f"This is {kind} data but {base_name} is {what}: {fix}."}
-    if kind != "lm":
-        problem = dict(zip(("data", "shots"), shots_problem(dataset, int(clamp(shots, 1, 1000))), strict=True))
-        found.update({k: v for k, v in problem.items() if v})
-    return found
-
-
-def data_controls(samples: dict[str, str], upload: str | None, sample: str | None) -> dict:
-    """Shots per class only matter for classification data: hidden for language-modelling text."""
-    path = upload or samples.get(sample or "")
-    try:
-        task = detect_task(path) if path else None
-    except (DataError, OSError):
-        task = None
-    return gr.update(visible=task != "lm")
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Errors as sentences
 
 
@@ -463,10 +397,3 @@ def device_description() -> str:
         return f"GPU: {torch.cuda.get_device_name(0)}"
     mps = getattr(torch.backends, "mps", None)
     return "Apple GPU (MPS)" if mps and mps.is_available() else f"CPU ({os.cpu_count()} cores)"
-
-
-def base_controls(store: ModelStore, tasks: dict[str, str], session: SessionModels, base_name: str | None) -> tuple:
-    """What a base sets in the tab: its samples (its own selected) and its recipe's steps (60 without one)."""
-    base = get_base(store, session, base_name) if base_name else None
-    steps = int(clamp(recipe_of(base).get("steps", DEFAULT_STEPS), 1, LIMITS.max_train_steps))
-    return sample_choices(store, tasks, session, base_name), gr.update(value=steps)

@@ -66,7 +66,7 @@ def title(label: str, width: int = 14) -> str:
 
 
 def _layout(fig: go.Figure, title: str, height: int, top: int = 80) -> go.Figure:
-    text = wrap(title, 48)  # a phone is about 48 characters wide; each extra line takes room from the plots' top
+    text = wrap(title, 38)  # a phone's plot is about 40 characters wide; each extra line takes room from the top
     lines = text.count("<br>")
     fig.update_layout(
         # below the block's own label, which Gradio floats over the plot's top-left corner
@@ -86,27 +86,39 @@ def _grid(n: int, max_cols: int) -> tuple[int, int]:
     return -(-max(n, 1) // cols), cols
 
 
+SHORT_LABEL = 4  # characters: bars three to a row fit a phone only while their labels are this short
+
+
 def topk_bars(
     predictions: Mapping[str, Prediction | TokenDistribution],
     title: str,
     methods: Mapping[str, str] | None = None,
     subtitles: Mapping[str, str] | None = None,
 ) -> go.Figure:
-    """One horizontal bar chart per model (its top-k labels or tokens and their probabilities), three to a row.
+    """One horizontal bar chart per model (its top-k labels or tokens and their probabilities).
 
+    Three to a row while every label is short (digits); one to a row otherwise, the labels in the left margin that
+    grows to fit them: between two columns, a long label ("T-shirt or top") runs into the plot beside it on a phone.
     ``methods`` maps a model to its method (for its colour); ``subtitles`` to a second title line (rank, latency).
     """
     names = list(predictions)
-    rows, cols = _grid(len(names), 3)
-    titles = [wrap(n) + (f"<br>{subtitles[n]}" if subtitles and subtitles.get(n) else "") for n in names]
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.12, vertical_spacing=0.2)
+    labels = {
+        n: p.labels if isinstance(p, Prediction) else [repr(t)[1:-1] for t in p.tokens] for n, p in predictions.items()
+    }
+    longest = max((len(label) for shown in labels.values() for label in shown), default=0)
+    rows, cols = _grid(len(names), 3 if longest <= SHORT_LABEL else 1)
+    bars = max((len(shown) for shown in labels.values()), default=1)
+    row_height = 230 if cols > 1 else 17 * bars + 75
+    width = 16 if cols > 1 else 60
+    titles = [wrap(n, width) + (f"<br>{subtitles[n]}" if subtitles and subtitles.get(n) else "") for n in names]
+    spacing = min(0.2, 90 / (row_height * rows))  # room for the titles of the row below, whatever the rows
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.12, vertical_spacing=spacing)
     for i, name in enumerate(names):
         p, row, col = predictions[name], i // cols + 1, i % cols + 1
-        labels = p.labels if isinstance(p, Prediction) else [repr(t)[1:-1] for t in p.tokens]
         fig.add_trace(
             go.Bar(
                 x=p.probabilities[::-1],
-                y=[f"{label} " for label in labels[::-1]],
+                y=[f"{label} " for label in labels[name][::-1]],
                 orientation="h",
                 marker_color=method_colour((methods or {}).get(name)),
                 name=name,
@@ -118,8 +130,9 @@ def topk_bars(
             col=col,
         )
         fig.update_xaxes(range=[0, 1], row=row, col=col, title_text="probability" if row == rows else None)
+    fig.update_yaxes(automargin=True)
     fig.update_layout(showlegend=False)
-    return _layout(fig, title, 230 * rows + 60, top=90)
+    return _layout(fig, title, row_height * rows + 60, top=90)
 
 
 def _cells(n: int, m: int) -> list[int]:
@@ -130,10 +143,13 @@ def _cells(n: int, m: int) -> list[int]:
 def head_heatmaps(
     views: Mapping[str, DisplayView], labels: Mapping[str, str], title: str, max_heads: int = 16
 ) -> go.Figure:
-    """One row per adapter, one column per head: every ΔW_h on one diverging colour scale shared by all."""
+    """One row per adapter, one column per head: every ΔW_h on a diverging colour scale of the adapter's own.
+
+    Each row runs from minus to plus its own largest |entry| (one scale for all would leave a small adapter blank
+    beside a large one): the colour bar reads relative to that, and the row label says it.
+    """
     names = list(views)
     heads = min(max_heads, max(len(v.deltas) for v in views.values()))
-    zmax = max(v.delta_max for v in views.values()) or 1.0
     fig = make_subplots(
         rows=len(names),
         cols=heads,
@@ -144,6 +160,7 @@ def head_heatmaps(
     for row, name in enumerate(names, start=1):
         view = views[name]
         (hd, inputs), shown = view.delta_shape, view.deltas.shape[1:]
+        zmax = view.delta_max or 1.0
         for h in range(min(heads, len(view.deltas))):
             fig.add_trace(
                 go.Heatmap(
@@ -154,13 +171,19 @@ def head_heatmaps(
                     zmax=zmax,
                     colorscale=DIVERGING,
                     showscale=(row == 1 and h == 0),
-                    colorbar=dict(title=dict(text="ΔW entry"), len=0.8),
+                    colorbar=dict(
+                        title=dict(text="ΔW entry,<br>relative to<br>its row's max"),
+                        tickvals=[-zmax, 0, zmax],
+                        ticktext=["−max", "0", "+max"],
+                        len=0.8,
+                    ),
                     hovertemplate=f"{name}, head {h}<br>row %{{y}}, input %{{x}}: %{{z:.2e}}<extra></extra>",
                 ),
                 row=row,
                 col=h + 1,
             )
-        fig.update_yaxes(title_text=labels.get(name, name), title_font_size=11, row=row, col=1)
+        scale = f"<br>max |ΔW| {view.delta_max:.1e}"
+        fig.update_yaxes(title_text=labels.get(name, name) + scale, title_font_size=11, row=row, col=1)
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False, autorange="reversed")
     fig.update_xaxes(title_text="input features →", title_font_size=11, row=len(names), col=1)
@@ -361,7 +384,7 @@ def factor_scatter(projections: Mapping[str, FactorProjection], labels: Mapping[
 
 
 def training_curves(
-    histories: Mapping[str, Mapping[str, list]],
+    histories: Mapping[str, Mapping[str, object]],
     metric: str,
     methods: Mapping[str, str] | None = None,
     metric_title: str | None = None,
@@ -369,8 +392,9 @@ def training_curves(
 ) -> go.Figure:
     """Training loss (left) and the held-out metric (right) per method as training streams in.
 
-    ``histories`` maps a method's name to ``{"step": [...], "loss": [...], "eval_step": [...], metric: [...]}``;
-    ``chance`` draws the accuracy a guess would get as a dashed line.
+    ``histories`` maps a method's name to ``{"step": [...], "loss": [...], "eval_step": [...], "held_out": [...]}``
+    (the training loss and the held-out ``metric`` kept apart), and ``"kept": (step, value)`` where the run kept the
+    weights of an earlier evaluation (drawn as a star); ``chance`` draws the accuracy of a guess as a dashed line.
     """
     right = metric_title or f"held-out {metric}"
     fig = make_subplots(
@@ -386,7 +410,7 @@ def training_curves(
         fig.add_trace(
             go.Scatter(
                 x=h.get("eval_step", []),
-                y=h.get(metric, []),
+                y=h.get("held_out", []),
                 name=name,
                 mode="lines+markers",
                 line_color=colour,
@@ -395,6 +419,21 @@ def training_curves(
             row=1,
             col=2,
         )
+        if h.get("kept"):
+            step, value = h["kept"]
+            fig.add_trace(
+                go.Scatter(
+                    x=[step],
+                    y=[value],
+                    name=f"{name}: kept step {step}",
+                    mode="markers",
+                    marker=dict(symbol="star", size=14, color=colour, line=dict(color="#222222", width=1)),
+                    hovertemplate=f"{name}: the weights of step {step} were kept (best held-out)<extra></extra>",
+                    showlegend=False,
+                ),
+                row=1,
+                col=2,
+            )
     if chance is not None:
         fig.add_hline(y=chance, line=dict(color="#555555", dash="dash", width=1), row=1, col=2)
         fig.add_annotation(

@@ -11,55 +11,49 @@ event's validator before anything trains, and shown on the control at fault.
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import gradio as gr
 
 from app import figures
+from app import finetune_view as view
 from app.compare import CompareTab
 from app.context import (
-    DEFAULT_LR,
     Context,
     as_sentences,
-    base_controls,
     choices,
-    data_controls,
     describe,
     device_description,
     in_lane,
+    valid,
+    variant_choices,
+    visitor,
+)
+from app.finetune_data import (
+    DEFAULT_LR,
+    base_controls,
+    data_controls,
     load_data_cached,
     problems,
     recipe_of,
     sample_choices,
-    valid,
-    variant_choices,
-    visitor,
 )
 from app.guard import FairShareError, TrainingBudget
 from app.heads import HeadsTab, options
 from app.settings import LIMITS, clamp
 from app.store import ModelStore, SessionModels, Variant, base_names, get_base
 from hora.config import TrainConfig
-from hora.data import DataError
 from hora.jobs import train_in_turn
 from hora.methods import METHODS, label
 from hora.task import data_kind
 
 
 METHOD_CHOICES = [name for name in METHODS if name != "full"]  # full fine-tuning is no few-shot demo
-COLUMNS = ["method", "rank r", "trainable params", "steps", "held-out score", "seconds", "how it ended"]
-ENDINGS = {
-    "completed": "finished",
-    "cancelled": "stopped by you",
-    "early_stopping": "stopped early (no better held-out score)",
-    "non_finite": "stopped: the loss became NaN or infinite",
-}
 
 try:  # on a ZeroGPU Space, training runs under spaces.GPU; elsewhere this decorator is not installed
     import spaces
@@ -79,123 +73,32 @@ def check_run(store, samples, session, base_name, upload, sample, methods, rank,
     found = problems(store, samples, session, base_name, upload, sample, methods, shots)
     data = found.get("data")
     problem = [found.get("base"), data if upload else None, None if upload else data, found.get("methods")]
-    return [None] + [valid(p) for p in problem] + [valid()] * 3 + [valid(found.get("shots")), valid()]
+    try:
+        rate = learning_rate(lr)
+        rate_problem = "A learning rate is above 0 (or blank)." if rate is not None and rate <= 0 else None
+    except ValueError:
+        rate_problem = "Type a number such as 0.003, or leave it blank for the base's tuned rate."
+    controls = [valid(p) for p in problem] + [valid(), valid(), valid(rate_problem), valid(found.get("shots"))]
+    return [None, *controls, valid()]
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# The run
+def learning_rate(typed: object) -> float | None:
+    """The learning rate typed in the box (a text box: a number box cannot stay blank), None when it is blank;
+    a ValueError when it is no number."""
+    if typed is None or (isinstance(typed, str) and not typed.strip()):
+        return None
+    return float(typed)
 
 
-@dataclass
-class _Job:
-    """What one Start accumulates while it streams."""
-
-    methods: list[str]
-    steps: int
-    kind: str  # of the data: "image", "text" or "lm"
-    chance: float | None  # accuracy of a guess, for classification
-    folder: Path
-    budget: float
-    started: float = field(default_factory=time.monotonic)
-    names: dict = field(default_factory=dict)  # method -> what the curves' legend calls it ("LoRA r=8")
-    histories: dict = field(default_factory=dict)
-    files: list = field(default_factory=list)
-    failures: dict = field(default_factory=dict)
-
-    @property
-    def metric(self) -> str:
-        return "loss" if self.kind == "lm" else "accuracy"
-
-
-def _metric_header(job: _Job) -> str:
-    if job.kind == "lm":
-        return "held-out loss (nats/token, lower is better)"
-    return f"held-out accuracy (chance {job.chance:.2f})" if job.chance else "held-out accuracy"
-
-
-def _table(session: SessionModels, job: _Job):
-    import pandas as pd
-
-    columns = [_metric_header(job) if c == "held-out score" else c for c in COLUMNS]
-    rows = []
-    for method, result in session.runs.items():
-        info, final = result.metrics["method_info"], result.final.get(result.metrics["metric"])
-        rank = (info.get("peft_config") or {}).get("r")
-        ending = ENDINGS.get(result.stopped, result.stopped)
-        if result.stopped == "cancelled" and time.monotonic() - job.started >= job.budget:
-            ending = "stopped at the time limit"
-        final = None if final is None else round(final, 4)
-        seconds = round(result.metrics["timing"]["total_seconds"], 1)
-        rows.append(
-            [label(method), rank or "—", info["trainable_params"], result.metrics["steps_done"], final, seconds]
-        )
-        rows[-1].append(ending)
-    return pd.DataFrame(rows, columns=columns)
-
-
-def _curves(job: _Job):
-    title = _metric_header(job)
-    methods = {job.names.get(m, label(m)): m for m in job.methods}
-    return figures.training_curves(job.histories, job.metric, methods, title, job.chance)
-
-
-def _apply(update, session: SessionModels, job: _Job, cancel: threading.Event, progress) -> str:
-    """Record one update of the job (a step, a finished run, or a failure); returns the status line."""
-    name = job.names.get(update.method, label(update.method))
-    if update.error is not None:
-        if isinstance(update.error, DataError):  # the data, not the method: no other method can use it either
-            cancel.set()
-            job.failures[update.method] = f"the data cannot be used: {update.error}"
-        else:
-            job.failures[update.method] = f"{label(update.method)} failed: {update.error}"
-        return job.failures[update.method]
-    if update.result is not None:
-        session.runs[update.method] = update.result
-        history, final = job.histories.get(name), update.result.final.get(job.metric)
-        done = update.result.metrics["steps_done"]
-        if history is not None and final is not None and history["eval_step"][-1:] != [done]:
-            history["eval_step"].append(done)  # the final evaluation: a stopped run's curve ends where it stopped
-            history[job.metric].append(final)
-        job.files.append(
-            shutil.make_archive(str(job.folder / update.result.out_dir.name), "zip", update.result.out_dir)
-        )
-        return update.result.message
-    event = update.event
-    history = job.histories.setdefault(name, {"step": [], "loss": [], "eval_step": [], job.metric: []})
-    history["step"].append(event.step)
-    history["loss"].append(event.loss)
-    if event.metrics is not None:
-        history["eval_step"].append(event.step)
-        history[job.metric].append(event.metrics[job.metric])
-    done = (update.index + update.progress) / len(job.methods)
-    progress(done, desc=f"{name} step {event.step}/{event.total_steps}")
-    stopping = "Stopping after the current step… " if cancel.is_set() else ""
-    return (
-        f"{stopping}**{name}** step {event.step}/{event.total_steps} · loss {event.loss:.4f} nats · "
-        f"{event.step_time * 1000:.0f} ms/step on {event.device} · overall {100 * done:.0f}%"
-    )
-
-
-def _summary(session: SessionModels, job: _Job) -> str:
-    """The last status: how each method's run ended, in order."""
-    lines, stopped = [], False
-    for method in job.methods:
-        result, name = session.runs.get(method), label(method)
-        if method in job.failures:
-            lines.append(job.failures[method])
-        elif result is None:
-            lines.append(f"{name}: not started.")
-            stopped = True
-        elif result.stopped == "completed":
-            lines.append(f"{name}: all {job.steps} steps.")
-        else:
-            stopped |= result.stopped == "cancelled"
-            ending = ENDINGS.get(result.stopped, result.stopped)
-            lines.append(f"{name}: {ending} after {result.metrics['steps_done']} of {job.steps} steps.")
-    head = "Stopped: the table and the downloads keep what was trained." if stopped else "Done."
-    if session.runs:
-        head += " Use the adapters in Compare and Heads with the button below, or download them."
-    return head + "\n\n" + " ".join(lines)
+def learning_rates(store: ModelStore, session: SessionModels | None, base_name: str | None) -> dict:
+    """The learning-rate box's placeholder: the rate a blank box means on this base, the most common first and any
+    method's own after it ("0.003 (DoRAN 0.001)")."""
+    tuned = recipe_of(get_base(store, session, base_name) if base_name else None).get("lr")
+    tuned = tuned if isinstance(tuned, dict) else {}
+    rates = {m: float(tuned.get(m, DEFAULT_LR)) for m in METHOD_CHOICES}
+    common = max(set(rates.values()), key=list(rates.values()).count)
+    others = ", ".join(f"{label(m)} {r:g}" for m, r in rates.items() if r != common)
+    return gr.update(placeholder=f"{common:g}" + (f" ({others})" if others else ""))
 
 
 def _idle() -> tuple[dict, dict]:  # Start on, Stop off
@@ -214,7 +117,7 @@ def run(
     methods: list[str] | None = None,
     rank: float = 8,
     steps: float = 60,
-    lr: float | None = None,
+    lr: str | float | None = None,
     shots: float = 8,
     seed: float = 0,
     progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio injects the progress tracker
@@ -231,6 +134,10 @@ def run(
     found = problems(store, samples, session, base_name, upload, sample, methods, shots)
     if found:
         raise gr.Error(" ".join(found.values()))
+    try:
+        rate = learning_rate(lr)
+    except ValueError as err:
+        raise gr.Error("The learning rate must be a number such as 0.003, or blank.") from err
     dataset = load_data_cached(upload or samples[sample])
     kind = data_kind(dataset)
     steps = int(clamp(steps, 1, LIMITS.max_train_steps))
@@ -241,18 +148,19 @@ def run(
     except FairShareError as spent:
         raise gr.Error(str(spent)) from spent
     seconds = min(LIMITS.max_train_seconds, left)
-    job = _Job(methods, steps, kind, 1 / len(classes) if classes else None, session.folder(), seconds)
+    job = view.Job(methods, steps, kind, 1 / len(classes) if classes else None, session.folder(), seconds)
     r = int(clamp(rank, 1, 64))
     job.names = {m: label(m) + (f" r={r}" if METHODS[m].low_rank else "") for m in methods}
     session.runs, session.run_base = {}, base_name
     cancel = session.cancel = threading.Event()
+    finished = session.finished = threading.Event()  # what Use these adapters waits for after a Stop
     busy = (gr.update(interactive=False), gr.update(interactive=True))  # once: redrawn every step, Stop is unclickable
     note = " (labelled text: the language model gets a classification head)" if kind == "text" else ""
-    yield f"Starting{note}…", _curves(job), _table(session, job), [], session, *busy, ""
+    yield f"Starting{note}…", view.curves(job), view.table(session, job), [], session, *busy, ""
     updates = train_in_turn(
         get_base(store, session, base_name).location,
         dataset,
-        _configs(methods, kind, rank, steps, lr, shots, seed, recipe_of(get_base(store, session, base_name))),
+        _configs(methods, kind, rank, steps, rate, shots, seed, recipe_of(get_base(store, session, base_name))),
         out_root=job.folder,
         cancel=cancel,
         budget_seconds=seconds,
@@ -260,16 +168,19 @@ def run(
     )
     try:
         for update in updates:
-            status = _apply(update, session, job, cancel, progress)
-            yield status, _curves(job), _table(session, job), job.files, session, gr.skip(), gr.skip(), gr.skip()
+            status = view.apply(update, session, job, cancel, progress)
+            yield status, view.curves(job), view.table(session, job), job.files, session, *(gr.skip(),) * 3
     finally:
         updates.close()  # also reached if the generator is closed early: the worker stops between steps
         session.train_seconds += time.monotonic() - job.started
         if budget is not None:
             budget.charge(who, time.monotonic() - job.started)  # finished, failed or stopped: the time was used
+        finished.set()
+    final = view.summary(session, job), view.curves(job), view.table(session, job), job.files, session, *_idle()
+    yield *final, gr.skip()
     if job.failures and not session.runs:
-        raise gr.Error(" ".join(job.failures.values()))
-    yield _summary(session, job), _curves(job), _table(session, job), job.files, session, *_idle(), gr.skip()
+        # after the idle yield: Gradio's frontend runs no .then() after an error, so Start is re-enabled here
+        raise gr.Error(view.failures(job))
 
 
 def _configs(
@@ -319,12 +230,24 @@ def stop(session: SessionModels) -> tuple[dict, str]:
     return gr.update(interactive=False), "Nothing is running: press Start to fine-tune."
 
 
-def use_adapters(store: ModelStore, session: SessionModels):
+def use_adapters(store: ModelStore, session: SessionModels) -> Iterator[tuple]:
     """Make this session's trained models selectable in Compare and Heads (for this session only).
 
-    Text classifiers (labelled text on a language model) go to Heads only: they cannot generate text, so the
-    Language section of Compare leaves them out. With nothing trained, it says so and changes nothing.
+    While a run is still going (or stopping: it ends after its current step, then evaluates and saves), it says so
+    and waits for it, so that a press right after Stop adds what the run kept. Text classifiers (labelled text on a
+    language model) go to Heads only: they cannot generate text, so the Language section of Compare leaves them
+    out. With nothing trained, it says so and changes nothing.
     """
+    if session.finished is not None and not session.finished.is_set():
+        stopping = session.cancel is not None and session.cancel.is_set()
+        wait = "it stops after its current step" if stopping else "press Stop to end it sooner"
+        yield (f"Waiting for the run to end ({wait}); its adapters are added then…", session) + (gr.update(),) * 4
+        session.finished.wait(timeout=LIMITS.max_train_seconds + 120)
+    yield _add_runs(store, session)
+
+
+def _add_runs(store: ModelStore, session: SessionModels) -> tuple:
+    """``use_adapters``' work once no run is going."""
     if not session.runs:
         return ("Nothing to add yet: fine-tune something first (a stopped run counts).", session) + (gr.update(),) * 4
     base_name = session.run_base
@@ -386,7 +309,7 @@ class _Controls:
     methods: gr.CheckboxGroup
     rank: gr.Slider
     steps: gr.Slider
-    lr: gr.Number
+    lr: gr.Textbox
     shots: gr.Slider
     seed: gr.Number
     start: gr.Button
@@ -419,7 +342,14 @@ def _controls(ctx: Context) -> _Controls:
         steps = gr.Slider(1, LIMITS.max_train_steps, value=steps_value, step=1, label="Steps", elem_id="ft-steps")
         shots = gr.Slider(1, 64, value=8, step=1, label="Shots per class", elem_id="ft-shots")
         with gr.Row():
-            lr = gr.Number(value=None, label="Learning rate (blank: the base's tuned rate)", min_width=120)
+            lr = gr.Textbox(  # not a number box: Gradio's shows 0 when blank; blank means the tuned rate
+                value="",
+                label="Learning rate (blank: the base's tuned rate)",
+                min_width=120,
+                max_lines=1,
+                elem_id="ft-lr",
+                placeholder=learning_rates(ctx.store, None, first)["placeholder"],
+            )
             seed = gr.Number(value=0, precision=0, label="Seed", min_width=100)
         with gr.Row():
             start = gr.Button("Start", variant="primary", elem_id="ft-start")
@@ -448,7 +378,7 @@ def build(ctx: Context, compare: CompareTab, heads: HeadsTab) -> None:
             curves = gr.Plot(
                 figures.placeholder("Curves appear here while training."), label="Curves", elem_id="ft-curves"
             )
-            table = gr.Dataframe(headers=COLUMNS, label="Results", elem_id="ft-table")
+            table = gr.Dataframe(headers=view.COLUMNS, label="Results", elem_id="ft-table")
             downloads = gr.File(label="Trained adapters (PEFT format, zip)", file_count="multiple", elem_id="ft-files")
             use_btn = gr.Button("Use these adapters in Compare and Heads", elem_id="ft-use")
             use_message = gr.Markdown(label="Use message", elem_id="ft-use-message")
@@ -461,7 +391,7 @@ def build(ctx: Context, compare: CompareTab, heads: HeadsTab) -> None:
 
     session = ctx.session
     inputs = [session, c.base, c.upload, c.sample, c.methods, c.rank, c.steps, c.lr, c.shots, c.seed]
-    c.start.click(
+    started = c.start.click(
         partial(run, ctx.store, ctx.samples, budget=ctx.budget),
         inputs,
         [status, curves, table, downloads, session, c.start, c.stop, c.stop_note],
@@ -470,11 +400,14 @@ def build(ctx: Context, compare: CompareTab, heads: HeadsTab) -> None:
         show_progress_on=[curves],
         concurrency_limit=LIMITS.training_concurrency,
         concurrency_id="training",
-    ).then(_idle, None, [c.start, c.stop], api_name="finetune_idle", queue=False)
+    )
+    # Gradio's frontend runs .then() only after a success: a run that fails must free Start too
+    started.then(_idle, None, [c.start, c.stop], api_name="finetune_idle", queue=False)
+    started.failure(_idle, None, [c.start, c.stop], api_name="finetune_failed", queue=False)
     refresh = partial(base_controls, ctx.store, ctx.sample_tasks)
     c.base.change(refresh, [session, c.base], [c.sample, c.steps], api_name="finetune_samples").then(
         partial(describe, ctx.store), [session, c.base], about, api_name="finetune_about"
-    )
+    ).then(partial(learning_rates, ctx.store), [session, c.base], c.lr, api_name="finetune_lr", queue=False)
     gr.on(
         [c.upload.change, c.sample.change],
         partial(data_controls, ctx.samples),

@@ -26,8 +26,10 @@ logger = logging.getLogger(__name__)
 BOUNDED = ("lora", "hora")  # ΔW_h = s·B_h·A: rank at most r. DoRA and DoRAN also rescale W0's rows: no such bound
 CAPTIONS = {
     "deltas": "Each square is one head's update ΔW_h (rows: the head's output dimensions, columns: the input "
-    "features), all on one diverging colour scale: red adds to the weight, blue takes away, white leaves it alone. "
-    "Large matrices are shown pooled, each cell the strongest entry of its block.",
+    "features) on a diverging colour scale: red adds to the weight, blue takes away, white leaves it alone. Each "
+    "adapter (row) has its own scale, from minus to plus its largest |entry| (in the row label): adapters of very "
+    "different sizes all stay visible, so compare sizes by those numbers, not by the colours. Large matrices are "
+    "shown pooled, each cell the strongest entry of its block.",
     "factors": "A is the input-side factor every head shares; B_h is head h's own output-side factor "
     "(ΔW_h = s·B_h·A). Each factor is drawn on its own range (the colour bar reads relative to its largest entry); "
     "its norm is in the row label and the hover text.",
@@ -39,8 +41,9 @@ CAPTIONS = {
     "DoRAN also rescale every row of the original weight W0, so ΔW = W' − W0 holds a piece of W0 itself and is not "
     "low-rank: their effective rank is not bounded by r and measures that rescaling too.",
     "pca": "Every dot is one column of one head's B factor, projected on the two main axes of all of them (PC1+2: the "
-    "share of their variance those two axes show); colours and symbols are heads (not methods). HoRA's columns all "
-    "come out of one shared generator, LoRA's are independent parameters.",
+    "share of their variance those two axes show); colours are heads (not methods), and beyond nine heads the "
+    "marker's shape changes too. HoRA's columns all come out of one shared generator, LoRA's are independent "
+    "parameters.",
 }
 PLOTS = {
     "deltas": "Per-head ΔW",
@@ -88,10 +91,12 @@ def check_view(store, session, base_name, names, layer, projection, metric) -> l
     ]
 
 
-def _row_label(name: str, variant: Variant, shown: analysis.DisplayView) -> str:
+def _row_label(name: str, variant: Variant, view: analysis.HeadView, layer: int) -> str:
+    """An adapter's row label: its rank r, and the effective rank of ΔW_h in the layer shown (mean over its heads)."""
     f = facts(variant)
     rank = f" r={f.rank}" if f.rank is not None else ""
-    return f"{name}{rank}<br>eff. rank {shown.mean_effective_rank:.1f}"
+    here = [row for row in view.layers if row.layer == layer]
+    return f"{name}{rank}<br>eff. rank {analysis.mean_effective_rank(here):.1f} here" if here else f"{name}{rank}"
 
 
 @as_sentences("draw the heads")
@@ -117,7 +122,7 @@ def view(
     except ValueError as err:  # e.g. a projection one adapter does not adapt
         raise gr.Error(str(err)) from err
     shown = {n: analysis.display_view(v) for n, v in views.items()}
-    rows = {n: _row_label(n, chosen[n], shown[n]) for n in chosen}
+    rows = {n: _row_label(n, chosen[n], views[n], int(layer)) for n in chosen}
     labels = {n: short_label(n, v) for n, v in chosen.items()}
     where = f"layer {int(layer)}, {projection}"
     (hd, inputs), (shown_rows, shown_cols) = (
@@ -167,8 +172,9 @@ def ranks(
         rank = f"r={f.rank}" if f.rank is not None else "rank unknown"
         size = f", {f.params:,} trained parameters" if f.params else ""
         bound = "at most r" if variant.method in BOUNDED else "not bounded by r (magnitude rescaling)"
+        method = "" if name.split(" ")[0] == label(variant.method) else f"{label(variant.method)}, "  # no "HoRA (HoRA"
         parts.append(
-            f"**{name}** ({label(variant.method)}, {rank}{size}): mean effective rank "
+            f"**{name}** ({method}{rank}{size}): mean effective rank "
             f"{analysis.mean_effective_rank(summaries):.1f}, {bound}"
         )
     return "Effective rank, all layers of this projection: " + "; ".join(parts) + "."
@@ -213,7 +219,8 @@ def build(ctx: Context, demo: gr.Blocks) -> HeadsTab:
     gr.Markdown(
         "What each adapter changed in every attention head of one layer: the update ΔW_h of each head, the "
         "low-rank factors it is made of, how alike the heads' updates are, and a per-layer summary. Every change "
-        "of a control redraws.",
+        "of a control redraws (the plots shown stay until the new ones are drawn; the first view of an adapter "
+        "takes longest).",
         elem_classes="about",
     )
     with gr.Row():
@@ -223,17 +230,17 @@ def build(ctx: Context, demo: gr.Blocks) -> HeadsTab:
         projection = gr.Dropdown(label="Projection", elem_id="heads-projection", min_width=140, **choices(pickers[2]))
         metric = gr.Radio(METRICS, value="cosine", label="Similarity", elem_id="heads-metric", min_width=220)
     rank_caption = gr.Markdown(first_plots[-1], label="Ranks of these adapters", elem_id="heads-ranks")
-    button = gr.Button("Redraw", elem_id="heads-btn")
     plots = []
     for (key, title), figure in zip(PLOTS.items(), first_plots, strict=False):
         plots.append(gr.Plot(figure, label=title, elem_id=f"heads-{key}"))
         gr.Markdown(CAPTIONS[key], elem_classes="caption")
 
     inputs = [ctx.session, base, adapters, layer, projection, metric]
-    draw = dict(fn=partial(view, ctx.store), inputs=inputs, outputs=plots)
+    # progress on the caption, not the plots: the figures on screen stay until the new ones replace them
+    draw = dict(fn=partial(view, ctx.store), inputs=inputs, outputs=plots, show_progress_on=[rank_caption])
     state_ranks = dict(fn=partial(ranks, ctx.store), inputs=inputs, outputs=rank_caption)
     gr.on(
-        [button.click, adapters.input, layer.input, projection.input, metric.input],
+        [adapters.input, layer.input, projection.input, metric.input],
         **draw,
         api_name="heads",
         validator=in_lane(ctx, "inference", partial(check_view, ctx.store)),

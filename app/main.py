@@ -13,7 +13,8 @@ from collections.abc import Callable
 import gradio as gr
 
 from app import compare, finetune, heads, models_tab
-from app.context import Context, sample_tasks
+from app.context import Context
+from app.finetune_data import sample_tasks
 from app.settings import LIMITS
 from app.store import ModelStore, SessionModels
 
@@ -23,7 +24,9 @@ CSS = """
 .gen-col {flex: 1 1 220px; min-width: 220px}
 .gen-name {font-weight: 600; margin-bottom: 4px}
 .gen-text {white-space: pre-wrap; font-size: 0.9em; background: var(--block-background-fill); padding: 8px; border-radius: 6px}
-.gen-prompt {color: var(--body-text-color-subdued)}
+.gen-prompt {white-space: pre-wrap; font-size: 0.9em; color: var(--body-text-color-subdued); margin-bottom: 4px}
+.gen-label {font-weight: 600; font-size: 0.85em; text-transform: uppercase; letter-spacing: 0.04em}
+.gen-sep {border-top: 1px solid var(--border-color-primary); padding-top: 4px; margin: 6px 0 4px}
 .caption {font-size: 0.9em}
 .about {font-size: 0.95em}
 /* Four short tabs fit a 390 px phone without Gradio's overflow menu when their padding is modest. */
@@ -53,11 +56,13 @@ def build_app(
     examples: list[str] | None = None,
     sample_passage: str = "",
     samples: dict[str, str] | None = None,
+    passages: dict[str, str] | None = None,
 ) -> gr.Blocks:
     """The Blocks app over ``store``.
 
     ``examples``: image paths offered in Compare (one is classified once at start-up, the first paint); ``samples``:
-    bundled datasets for Fine-tune, name -> path. Every event has an ``api_name``, so ``gradio_client`` can drive all
+    bundled datasets for Fine-tune, name -> path; ``sample_passage`` the text to score and ``passages`` every bundled
+    one, file name -> text (a chat model's section starts with one written as chat turns). Every event has an ``api_name``, so ``gradio_client`` can drive all
     of it.
     """
     samples = samples or {}
@@ -65,6 +70,7 @@ def build_app(
         # deep-copied per session; closing a session stops its run and deletes its temporary folder
         session = gr.State(SessionModels(), time_to_live=6 * 3600, delete_callback=SessionModels.close)
         ctx = Context(store, session, samples, sample_tasks(samples), examples or [], sample_passage, demo)
+        ctx.passages = passages or ({"passage.txt": sample_passage} if sample_passage else {})
         gr.Markdown(
             "# hora explorer\nHoRA generates every attention head's low-rank update from one shared hypernetwork; "
             "LoRA adapts each head on its own. **Compare** runs the same input through a base model and its "
@@ -110,10 +116,10 @@ def create_app(timings: dict[str, float] | None = None, on_loaded: Callable[[], 
     root = hub.assets_dir()
     folders = [root, *(root / name for name in store.bases)]  # shared examples, then each base's own
     examples = [str(p) for f in folders for p in sorted((f / "examples").glob("*.png"))]
-    passages = sorted((root / "examples").glob("*.txt"))
-    passage = passages[0].read_text(encoding="utf-8")[:1500] if passages else ""
+    passages = {p.name: p.read_text(encoding="utf-8")[:1500] for p in sorted((root / "examples").glob("*.txt"))}
+    passage = next(iter(passages.values()), "")
     samples = {p.name: str(p) for f in folders for p in sorted((f / "samples").glob("*")) if p.is_file()}
-    demo = build_app(store, examples=examples, sample_passage=passage, samples=samples)
+    demo = build_app(store, examples=examples, sample_passage=passage, samples=samples, passages=passages)
     if timings is not None:
         timings.update(models_s=loaded - started, page_s=time.perf_counter() - loaded)
 

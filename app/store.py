@@ -191,6 +191,7 @@ class SessionModels:
     run_base: str | None = None  # the base those runs adapted
     train_seconds: float = 0.0  # fine-tuning time used by this session
     cancel: threading.Event | None = None
+    finished: threading.Event | None = None  # set when the last fine-tune has yielded all it trained
     workdir: Path | None = None
 
     def add(self, base_name: str, variant: Variant) -> None:

@@ -4,6 +4,7 @@ models (the embedded assets have their own test in test_app_embedded.py)."""
 from __future__ import annotations
 
 import json
+import re
 
 import peft
 import pytest
@@ -204,7 +205,8 @@ def test_finetune_streams_curves_and_returns_loadable_adapters(client, tmp_path)
     assert status.startswith("Done.")
     rows = table["data"]
     assert [r[0] for r in rows] == ["head-only", "LoRA", "HoRA"] and all(r[3] == 12 for r in rows)
-    assert table["headers"][4] == "held-out accuracy (chance 0.33)" and [r[1] for r in rows] == ["—", 4, 4]
+    assert table["headers"][4] == "held-out accuracy (chance 0.33, 24 items)" and [r[1] for r in rows] == ["—", 4, 4]
+    assert all(re.fullmatch(r"\d+/24 \([01]\.\d\d\)", r[4]) for r in rows)  # right/total, then the fraction
     assert {r[6] for r in rows} == {"finished"}
     losses = [t for t in plot(curves)["data"] if t["xaxis"] == "x"]
     assert all(len(t["y"]) == 12 for t in losses)
@@ -280,7 +282,7 @@ def test_push_needs_a_token_and_a_run(client, monkeypatch):
 
 def test_bundled_samples_follow_the_chosen_base(client, tmp_path):
     from app import finetune
-    from app.context import sample_tasks
+    from app.finetune_data import sample_tasks
 
     tasks = sample_tasks(tiny_samples(tmp_path))
     assert tasks == {"shapes.zip": "image", "verse.txt": "lm"}
@@ -348,8 +350,8 @@ def test_the_session_state_is_closed_by_gradio_when_the_session_ends():
 
 
 def test_a_bases_recipe_sets_the_finetune_defaults_and_blank_lr_takes_each_methods_rate():
-    from app.context import DEFAULT_LR, DEFAULT_STEPS, base_controls
     from app.finetune import _configs
+    from app.finetune_data import DEFAULT_LR, DEFAULT_STEPS, base_controls
 
     store = tiny_store()
     tasks = {"digits.zip": "image", "play.txt": "lm", "mine.jsonl": "lm"}

@@ -9,7 +9,7 @@ import pytest
 from helpers import tiny_store
 from PIL import Image
 
-from app import compare, heads
+from app import compare, heads, language
 from app.context import Context
 from hora import analysis, infer
 
@@ -48,22 +48,23 @@ def test_the_second_start_paints_from_memory(ctx, monkeypatch):
     classified = calls_of(monkeypatch, infer, "classify")
     predicted = calls_of(monkeypatch, infer, "next_token_topk")
     viewed = calls_of(monkeypatch, analysis, "explorer_view")
-    vision, language, view = (
+    vision, lm, view = (
         compare.first_vision(ctx, "tiny-vit"),
-        compare.first_language(ctx, "tiny-llama"),
+        language.first_language(ctx, "tiny-llama"),
         heads_view(ctx),
     )
-    assert (len(classified), len(predicted), len(viewed)) == (3, 3, 2)  # the base and its two adapters; 2 adapters
-    again_vision, again_language, again_view = (
+    # the base and its two adapters, each warmed up once before its latency is measured; 2 adapters
+    assert (len(classified), len(predicted), len(viewed)) == (6, 3, 2)
+    again_vision, again_lm, again_view = (
         compare.first_vision(ctx, "tiny-vit"),
-        compare.first_language(ctx, "tiny-llama"),
+        language.first_language(ctx, "tiny-llama"),
         heads_view(ctx),
     )
-    assert (len(classified), len(predicted), len(viewed)) == (3, 3, 2)
+    assert (len(classified), len(predicted), len(viewed)) == (6, 3, 2)
     assert traces(again_vision["plot"]) == traces(vision["plot"]) and traces(vision["plot"])
     assert again_vision["table"].equals(vision["table"]) and len(vision["table"]) == 3 and vision["truth"] == "one"
     assert again_vision["note"] == vision["note"]
-    assert traces(again_language["plot"]) == traces(language["plot"]) and traces(language["plot"])
+    assert traces(again_lm["plot"]) == traces(lm["plot"]) and traces(lm["plot"])
     assert [traces(p) for p in again_view[:-1]] == [traces(p) for p in view[:-1]] and again_view[-1] == view[-1]
     assert "r=4" in view[-1] and any(t[0] == "heatmap" for t in traces(view[0]))
 
@@ -76,4 +77,13 @@ def test_other_weights_or_no_fingerprint_are_computed_afresh(ctx, monkeypatch):
     ctx.store.bases["tiny-vit"].fingerprint = None  # e.g. a base that is not embedded
     compare.first_vision(ctx, "tiny-vit")
     compare.first_vision(ctx, "tiny-vit")
-    assert len(classified) == 12
+    assert len(classified) == 24  # 3 models, a warm-up and a measured run each, 4 times
+
+
+def test_the_language_first_paint_scores_its_passage_and_remembers_it(ctx, monkeypatch):
+    """The perplexity table is filled on first paint (it was empty), from memory on the next start."""
+    scored = calls_of(monkeypatch, infer, "perplexity")
+    first = language.first_language(ctx, "tiny-llama")
+    again = language.first_language(ctx, "tiny-llama")
+    assert len(scored) == 3 and len(first["table"]) == 3 and again["table"].equals(first["table"])
+    assert first["passage"] == "To be, or not to be"  # a tokenizer without a chat template: the plain passage

@@ -328,3 +328,204 @@ def test_phone_reaches_every_tab_and_keeps_labels_and_titles_legible(browser, ap
         shot(phone, "phone-heads")
     finally:
         phone.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What the explorer draws is what happened (issue #24)
+
+TRACES_JS = """(root) => root.data.map(t => ({name: t.name, axis: t.xaxis || 'x', x: [...(t.x || [])], y: [...(t.y || [])]}))"""
+
+
+def finetune_page(browser, app_url, base: str = "lm-shakespeare", sample: str | None = "folio-hamlet.txt"):
+    """A fresh page on the Fine-tune tab with ``base`` and ``sample`` chosen."""
+    page = open_page(browser, app_url, 1440, 900)
+    tab(page, "Fine-tune")
+    page.locator("#ft-base input").click()
+    page.get_by_role("option", name=base).click()
+    if sample:
+        page.locator("#ft-sample input").click()
+        page.get_by_role("option", name=sample).click()
+        expect(page.locator("#ft-sample input")).to_have_value(sample)
+    return page
+
+
+def table_rows(page, selector: str) -> list[list[str]]:
+    """The body rows of a Gradio dataframe, as the visitor reads them."""
+    return page.locator(selector).evaluate(
+        """(root) => [...root.querySelectorAll('[role=row]')].map(r => [...r.querySelectorAll('[role=gridcell]')]
+             .map(c => c.innerText.trim())).filter(cells => cells.length)"""
+    )
+
+
+def test_language_model_curves_keep_training_and_held_out_losses_apart(browser, app_url):
+    """An LM's held-out metric is a loss too: each curve has as many x as y, and the held-out one ends at the table."""
+    page = finetune_page(browser, app_url)
+    try:
+        page.locator("#ft-steps input[type=number]").fill("12")
+        page.locator("#ft-start").click()
+        expect(page.locator("#ft-status")).to_contain_text("Done.", timeout=180_000)
+        traces = page.locator("#ft-curves .js-plotly-plot").first.evaluate(TRACES_JS)
+        curves = [t for t in traces if t["name"] in ("LoRA r=8", "HoRA r=8")]
+        assert len(curves) == 4, traces
+        assert all(len(t["x"]) == len(t["y"]) > 0 for t in curves), [
+            (t["name"], len(t["x"]), len(t["y"])) for t in curves
+        ]
+        assert all(len(t["x"]) == 12 for t in curves if t["axis"] == "x")
+        rows = {r[0]: float(r[4]) for r in table_rows(page, "#ft-table")}
+        for t in curves:
+            if t["axis"] == "x2":  # the held-out panel ends where the table says the run ended
+                assert t["x"][-1] == 12 and round(t["y"][-1], 4) == rows[t["name"].split(" ")[0]], (t, rows)
+        no_error_pills(page)
+    finally:
+        page.close()
+
+
+def test_a_run_that_fails_leaves_start_usable(browser, app_url, monkeypatch):
+    from hora import jobs
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(jobs, "train", fails)  # the server runs in this process
+    page = finetune_page(browser, app_url)
+    try:
+        page.locator("#ft-start").click()
+        expect(page.locator("#ft-status")).to_contain_text("disk on fire", timeout=60_000)
+        expect(page.locator("#ft-start")).to_be_enabled(timeout=15_000)
+        expect(page.locator("#ft-stop")).to_be_disabled()
+        assert page.locator("#ft-status").inner_text().count("disk on fire") == 1  # LoRA and HoRA: said once
+    finally:
+        page.close()
+
+
+def test_data_no_method_can_use_is_refused_once_before_training(browser, app_url, tmp_path, monkeypatch):
+    from hora import jobs
+
+    started = []
+    real_train = jobs.train
+    monkeypatch.setattr(jobs, "train", lambda *a, **k: started.append(1) or real_train(*a, **k))
+    one = tmp_path / "one-paragraph.txt"
+    one.write_text("A single paragraph a visitor wrote, on one line, with nothing to hold out for testing.\n")
+    page = finetune_page(browser, app_url, sample=None)
+    try:
+        page.locator("#ft-upload input[type=file]").set_input_files(str(one))
+        expect(page.locator("#ft-upload")).to_contain_text("one-paragraph", timeout=30_000)
+        page.locator("#ft-start").click()
+        upload = page.locator("#ft-upload")
+        expect(upload).to_contain_text("needs at least two documents", timeout=30_000)
+        expect(upload).to_contain_text("one-paragraph.txt cannot be used")  # names the data, not the methods
+        page.wait_for_timeout(3_000)  # what a run would have printed by now
+        shown = page.evaluate(  # on screen (a screen reader's copy of a message, .sr-only, is no second message)
+            """() => [...document.querySelectorAll('body *')].filter(e => !e.closest('.sr-only')
+                 && [...e.childNodes].some(n => n.nodeType === 3
+                 && n.textContent.includes('needs at least two documents'))).map(e => e.textContent.trim())"""
+        )
+        assert len(shown) == 1, shown
+        assert "failed" not in page.locator("#ft-status").inner_text()
+        assert started == []  # refused before any method started
+        expect(page.locator("#ft-start")).to_be_enabled()
+        expect(page.locator("#ft-stop")).to_be_disabled()
+    finally:
+        page.close()
+
+
+def rows_of(page, selector: str) -> int:
+    """How many body rows a Gradio dataframe shows."""
+    return len(table_rows(page, selector))
+
+
+def test_results_on_screen_belong_to_the_input_on_screen(browser, app_url):
+    """Another example image, another base, another prompt: the answers of the one before are cleared, never left
+    beside the new input; pressing the button brings them back."""
+    page = open_page(browser, app_url, 1440, 900)
+    try:
+        shelf = page.locator(".examples-shelf:visible")
+        expect(page.locator("#vision-plot .js-plotly-plot .bars path:visible").first).to_be_visible(timeout=30_000)
+        assert rows_of(page, "#vision-table") >= 2
+        shown = page.locator("#truth input, #truth textarea").first.input_value()
+        shelf.get_by_role("button").filter(has_not_text=re.compile(rf" {re.escape(shown)}$")).first.click()
+        expect(page.locator("#vision-plot")).to_contain_text("Press Classify", timeout=15_000)
+        assert rows_of(page, "#vision-table") == 0
+        page.locator("#classify-btn").click()
+        expect(page.locator("#vision-plot .js-plotly-plot .bars path:visible").first).to_be_visible(timeout=60_000)
+        assert rows_of(page, "#vision-table") >= 2
+        page.locator("#vision-base input").click()
+        page.get_by_role("option", name="vit-digits").click()
+        expect(page.locator("#vision-plot")).to_contain_text("Press Classify", timeout=15_000)
+        assert rows_of(page, "#vision-table") == 0
+
+        answers = page.locator("#generations .gen-col")
+        expect(answers.first).to_be_visible(timeout=30_000)  # the first paint's answers
+        assert rows_of(page, "#ppl-table") >= 2  # and perplexities, no longer an empty table
+        page.locator("#prompt textarea").fill("Tell me about the sea.")
+        expect(answers).to_have_count(0, timeout=15_000)
+        expect(page.locator("#token-plot")).to_contain_text("Press Generate")
+        passage = page.locator("#passage textarea")
+        before = passage.input_value()
+        page.locator("#lm-base input").click()
+        page.get_by_role("option", name="lm-shakespeare").click()
+        expect(passage).not_to_have_value(before, timeout=15_000)  # the new base's own passage
+        expect(page.locator("#ppl-notice")).to_contain_text("Press Score passage")
+        assert rows_of(page, "#ppl-table") == 0
+        page.locator("#ppl-btn").click()
+        expect(page.locator("#ppl-table [role=gridcell]").first).to_be_visible(timeout=60_000)
+        no_error_pills(page)
+    finally:
+        page.close()
+
+
+# Top-k labels (y ticks) that run into one another or into another plot's area.
+LABELS_JS = """(root) => {
+  const hit = (a, b) => a.left < b.right - 1 && b.left < a.right - 1 && a.top < b.bottom - 1 && b.top < a.bottom - 1;
+  const labels = [...root.querySelectorAll('.yaxislayer-above text')].map(t => [t.textContent, t.getBoundingClientRect()])
+    .filter(([, r]) => r.width > 0);
+  const areas = [...root.querySelectorAll('.draglayer .nsewdrag')].map(r => r.getBoundingClientRect());
+  const clashes = [];
+  labels.forEach(([a, ra], i) => {
+    labels.forEach(([b, rb], j) => { if (i < j && hit(ra, rb)) clashes.push(`${a} / ${b}`); });
+    areas.forEach((r) => { if (hit(ra, r)) clashes.push(`${a} / a plot`); });
+    if (ra.left < 0 || ra.right > document.documentElement.clientWidth) clashes.push(`${a} / the screen's edge`);
+  });
+  return {labels: labels.length, areas: areas.length, clashes};
+}"""
+
+
+def test_top_k_labels_stay_apart_on_a_phone(browser, app_url):
+    phone = open_page(browser, app_url, 390, 844)
+    try:
+        for selector in ("#vision-plot", "#token-plot"):
+            plot = phone.locator(f"{selector} .js-plotly-plot").first
+            expect(plot.locator(".bars path").first).to_be_attached(timeout=30_000)
+            found = plot.evaluate(LABELS_JS)
+            assert found["labels"] >= 5 and found["areas"] >= 1 and found["clashes"] == [], (selector, found)
+    finally:
+        phone.close()
+
+
+def test_use_these_adapters_right_after_stop_waits_for_the_run(browser, app_url):
+    """Stop, then at once Use these adapters: the run has not yielded its last step yet; the button waits for it
+    (and says so) instead of answering that there is nothing to add."""
+    page = finetune_page(browser, app_url)
+    try:
+        page.locator("#ft-methods").get_by_text("HoRA").click()  # untick: LoRA alone
+        page.locator("#ft-steps input[type=number]").fill("400")
+        page.locator("#ft-start").click()
+        expect(page.locator("#ft-status")).to_contain_text("step", timeout=90_000)
+        page.locator("#ft-stop").dispatch_event("click")
+        page.locator("#ft-use").dispatch_event("click")
+        message = page.locator("#ft-use-message")
+        expect(message).to_contain_text("Added", timeout=90_000)
+        assert "Nothing to add" not in message.inner_text()
+        expect(page.locator("#ft-status")).to_contain_text("LoRA: stopped by you after")
+    finally:
+        page.close()
+
+
+def test_a_blank_learning_rate_box_is_blank_and_says_what_blank_means(browser, app_url):
+    page = finetune_page(browser, app_url, "smollm2-135m-instruct", sample=None)
+    try:
+        box = page.get_by_label("Learning rate (blank: the base's tuned rate)")
+        expect(box).to_have_value("")  # not 0: blank takes each method's tuned rate
+        expect(box).to_have_attribute("placeholder", "0.003 (DoRAN 0.001)")  # this base's tuned rates
+    finally:
+        page.close()
