@@ -154,6 +154,9 @@ def test_copies_get_their_own_pass_and_unloading_removes_its_hooks(batched_calls
     assert hooks_of_the_pass() == 2
     twin = copy.deepcopy(model)
     assert twin.base_model.factor_pass.root is twin.base_model.model
+    twin_modules = {id(module) for module in twin.modules()}
+    jobs = [job for jobs in twin.base_model.factor_pass._jobs.values() for job in jobs]
+    assert jobs and all(id(job.layer) in twin_modules and id(job.second) in twin_modules for job in jobs)
     torch.testing.assert_close(step(twin, inputs)[0], step(model, inputs)[0])
     assert len(batched_calls) == 2
     layer = copy.deepcopy(next(m for m in model.modules() if isinstance(m, hora.HoraModel.tuner_layer_cls)))
@@ -228,3 +231,29 @@ def test_on_gpt2_the_methods_add_no_graph_break_to_the_bases():
         model, _ = apply_method(BUILDERS["gpt2"](), method, r=4, hyper_hidden=8)
         breaks[method] = explain(model.train(), labelled("gpt2")).graph_break_count
     assert breaks["hora"] == breaks["doran"] == breaks["lora"], breaks
+
+
+@pytest.mark.parametrize("method", ["hora", "doran"])
+def test_compiled_training_steps_compile_once(method):
+    """Every forward takes the same path through the pass (its jobs are found when the adapter is injected, or
+    copied with the model), so training steps with weight updates between them reuse one graph: no recompilation."""
+    torch.manual_seed(0)
+    model, _ = apply_method(BUILDERS["llama"](), method, r=4, hyper_hidden=8)
+    model = copy.deepcopy(model.train())  # a copy, as `bench speed` compiles one
+    graphs = []
+
+    def counting_backend(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=counting_backend)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    inputs, losses = labelled("llama"), []
+    for _ in range(3):
+        loss = compiled(**inputs).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(float(loss))
+    assert len(graphs) == 1 and losses[-1] < losses[0]

@@ -60,10 +60,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     settings = {"r": args.rank, "hyper_hidden": args.hyper_hidden, "out_dir": args.out}
     if args.bench == "ops":
-        from hora.bench import ops
-
-        report = ops.ops(args.base, methods=args.methods, batch_size=args.batch_size, seq_len=args.seq_len, **settings)
-        print(ops.ops_table(report), file=sys.stderr)
+        report = bench.ops(
+            args.base, methods=args.methods, batch_size=args.batch_size, seq_len=args.seq_len, **settings
+        )
+        print(bench.ops_table(report), file=sys.stderr)
         ratios = {base: result["ratios"] for base, result in report["results"].items()}
         return {"command": "bench ops", "out": args.out, "ratios": ratios}
     report = bench.speed(

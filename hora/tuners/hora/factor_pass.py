@@ -8,14 +8,16 @@ batched matmul, one tanh and one batched matmul (``hora.generator.generate_stack
 slice. The parameters and the saved state dict stay as they are: only the forward stacks them.
 
 The tuner opens a pass when the wrapped model's forward starts and closes it when it ends (forward hooks on that
-model). Inside an open pass, the first layer that needs an adapter's factors has the whole adapter generated; the
-other layers find theirs ready. Layers generate their own factors, as they always did, outside a pass (a layer
-called on its own), under gradient checkpointing (its recomputation must repeat the forward's operators exactly)
-and at inference, where each layer caches its factors (``GeneratedFactorsLayer.factors``).
+model). Inside an open pass, the first layer whose factors need a gradient (training) has the whole adapter
+generated; the other layers find theirs ready. Layers generate their own factors, as they always did, outside a pass
+(a layer called on its own), under gradient checkpointing (its recomputation must repeat the forward's operators
+exactly) and at inference, where each layer caches its factors (``GeneratedFactorsLayer.factors``). Every forward
+takes the same path through the pass, so ``torch.compile`` traces it once, with no graph break.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -53,15 +55,29 @@ class FactorPass:
 
     def __init__(self, root: nn.Module | None = None) -> None:
         self.root = root
+        self._jobs: dict[str, list[_Job]] = {}  # adapter -> its generated factors
+        self._checkpointing: list[nn.Module] = []  # modules with a `gradient_checkpointing` switch
         self._reset()
+        self.refresh()
 
     def _reset(self) -> None:
+        """The state of one forward: none open."""
         self.depth = 0  # nesting of the root's forward calls
         self.active = False
-        self._jobs: dict[str, list[_Job]] = {}  # adapter -> its jobs (built on first use)
-        self._checkpointing: list[nn.Module] | None = None  # modules with a `gradient_checkpointing` switch
         self._done: set[str] = set()  # adapters generated in the open pass
         self._filled: list[GeneratedFactorsLayer] = []
+
+    def refresh(self) -> None:
+        """Find the adapted layers under the root again (after an adapter was added, loaded or deleted).
+
+        Done here, not on a forward, so that every forward takes the same path: ``torch.compile`` then compiles the
+        training forward once.
+        """
+        modules = list(self.root.modules()) if self.root is not None else []
+        layers = [m for m in modules if isinstance(m, GeneratedFactorsLayer)]
+        adapters = dict.fromkeys(adapter for layer in layers for adapter in layer._generators)
+        self._jobs = {adapter: list(_jobs_of(layers, adapter)) for adapter in adapters}
+        self._checkpointing = [m for m in modules if hasattr(m, "gradient_checkpointing")]
 
     # --- lifecycle -----------------------------------------------------------------------------------------------
 
@@ -73,7 +89,7 @@ class FactorPass:
         if not any(getattr(hook, "__self__", None) is self for hook in root._forward_pre_hooks.values()):
             root.register_forward_pre_hook(self._open)
             root.register_forward_hook(self._close, always_call=True)
-        self.invalidate()
+        self.refresh()
 
     def detach(self) -> None:
         """Remove the hooks from the root (``unload`` / ``merge_and_unload`` return it without them)."""
@@ -85,12 +101,7 @@ class FactorPass:
                 del hooks[key]
                 getattr(root, "_forward_hooks_always_called", {}).pop(key, None)
         self.root = None
-        self.invalidate()
-
-    def invalidate(self) -> None:
-        """Forget the jobs: the adapted layers changed (an adapter added, loaded or deleted)."""
-        self._jobs.clear()
-        self._checkpointing = None
+        self.refresh()
 
     def _open(self, module: nn.Module, args: Any) -> None:
         self.depth += 1
@@ -107,9 +118,6 @@ class FactorPass:
             self._done.clear()
 
     def _checkpointing_on(self) -> bool:
-        if self._checkpointing is None:
-            modules = self.root.modules() if self.root is not None else ()
-            self._checkpointing = [m for m in modules if hasattr(m, "gradient_checkpointing")]
         return any(m.gradient_checkpointing for m in self._checkpointing)
 
     # --- generation ----------------------------------------------------------------------------------------------
@@ -121,7 +129,7 @@ class FactorPass:
             return False
         self._done.add(adapter)
         groups: dict[tuple, list[_Job]] = {}
-        for job in self._adapter_jobs(adapter):
+        for job in self._jobs.get(adapter, ()):
             groups.setdefault(job.shape_key(adapter), []).append(job)
         for jobs in groups.values():
             for job, factor in zip(jobs, _generate_group(jobs, adapter), strict=True):
@@ -129,33 +137,30 @@ class FactorPass:
                 self._filled.append(job.layer)
         return True
 
-    def _adapter_jobs(self, adapter: str) -> list[_Job]:
-        if adapter not in self._jobs:
-            self._jobs[adapter] = list(_jobs_of(self._layers(), adapter))
-        return self._jobs[adapter]
-
-    def _layers(self) -> Iterator[GeneratedFactorsLayer]:
-        if self.root is not None:
-            yield from (m for m in self.root.modules() if isinstance(m, GeneratedFactorsLayer))
-
     # --- copies ----------------------------------------------------------------------------------------------------
 
     def __deepcopy__(self, memo: dict) -> FactorPass:
         # A copy of the whole adapted model (its root in `memo`: copied first, or being copied) gets a pass on the
-        # copied root; a layer copied on its own gets a pass of its own, attached to nothing (it never opens).
-        copy = FactorPass(memo.get(id(self.root)))
-        memo[id(self)] = copy
-        return copy
+        # copied root, over the copied layers (`memo` makes them the very copies the model gets); a layer copied on
+        # its own gets a pass of its own, attached to nothing (it never opens).
+        copied = FactorPass.__new__(FactorPass)
+        memo[id(self)] = copied
+        copied.root = memo.get(id(self.root))
+        attached = copied.root is not None
+        copied._jobs = copy.deepcopy(self._jobs, memo) if attached else {}
+        copied._checkpointing = copy.deepcopy(self._checkpointing, memo) if attached else []
+        copied._reset()
+        return copied
 
     def __getstate__(self) -> dict:
-        return {"root": self.root}
+        return {"root": self.root, "jobs": self._jobs, "checkpointing": self._checkpointing}
 
     def __setstate__(self, state: dict) -> None:
-        self.root = state["root"]
+        self.root, self._jobs, self._checkpointing = state["root"], state["jobs"], state["checkpointing"]
         self._reset()
 
 
-def _jobs_of(layers: Iterator[GeneratedFactorsLayer], adapter: str) -> Iterator[_Job]:
+def _jobs_of(layers: list[GeneratedFactorsLayer], adapter: str) -> Iterator[_Job]:
     """The generated factors of ``adapter``: every layer's B, and its A where A is generated."""
     for layer in layers:
         generator, projection = layer._generators.get(adapter, (None, None))

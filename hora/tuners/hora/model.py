@@ -153,7 +153,7 @@ class GeneratedFactorsModel(BaseTuner):
         super().delete_adapter(adapter_name)
         if adapter_name in self.generator_banks:
             del self.generator_banks[adapter_name]
-        self.factor_pass.invalidate()
+        self.factor_pass.refresh()
 
     def _unload_and_optionally_merge(self, *args: Any, **kwargs: Any) -> nn.Module:
         self.factor_pass.detach()  # the unloaded model goes back without the pass's hooks
