@@ -26,6 +26,7 @@ from hora.inspect import (  # noqa: E402
     param_report,
 )
 from hora.loaders import LoadedBase, load_adapter, load_base  # noqa: E402
+from hora.mixed import MixedModel  # noqa: E402
 
 
 __version__ = "0.1.0"
@@ -42,6 +43,7 @@ __all__ = [
     "HoraModel",
     "HubError",
     "LoadedBase",
+    "MixedModel",
     "ParamReport",
     "effective_rank",
     "export_dora",

@@ -176,13 +176,11 @@ def _add_bench_parsers(bench: Any) -> None:
     p.add_argument("--out", default=None, help="keep the quantised base and the runs here")
     p = bench.add_parser("variants", help="several adapters of one base: shared module trees vs one swapped model")
     p.add_argument("--base", required=True, help="a base (embedded or packaged name, folder or Hub repo)")
-    p.add_argument(
-        "--adapters",
-        type=_csv,
-        required=True,
-        help="adapters of one PEFT type loadable on it, comma-separated (a name may repeat)",
-    )
+    p.add_argument("--adapters", type=_csv, required=True, help="one PEFT type, comma-separated (a name may repeat)")
     p.add_argument("--rounds", type=int, default=10)
+    from hora.bench.side_by_side import add_parser
+
+    add_parser(bench)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -382,6 +380,8 @@ def cmd_bench(args: argparse.Namespace) -> dict:
         options = {k: getattr(args, k) for k in keys} | {"embedding": embedding, "out_dir": args.out}
         report = quant_transfer.measure(args.base, args.data, **options, log=_stderr_line)
         return {"command": "bench quant-transfer", **report}
+    if args.bench == "side-by-side":
+        return bench.side_by_side.run_cli(args, log=_stderr_line)
     if args.bench == "variants":
         from hora.bench import variants
 

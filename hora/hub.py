@@ -35,7 +35,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from hora.io import ADAPTER_CONFIG, HEAD_CONFIG
 from hora.packaged import PACKAGED, PackageMissingError, ensure_converted
@@ -340,19 +340,6 @@ def display_name(path: str | os.PathLike) -> str | None:
         if len(org_name) == 2 and all(org_name):
             return "/".join(org_name)
     return None
-
-
-def __getattr__(name: str) -> Any:
-    # Compatible aliases: the loaders moved to hora.loaders (which imports this module, hence the lazy import).
-    if name in ("LoadedBase", "load_adapter", "load_base"):
-        from hora import loaders
-
-        return getattr(loaders, name)
-    if name == "read_card":
-        from hora import cards
-
-        return cards.read
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

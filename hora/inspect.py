@@ -69,7 +69,7 @@ def adapted_modules(model: nn.Module) -> list[AdaptedModule]:
     return found
 
 
-def _find(model: nn.Module, layer: int, projection: str) -> tuple[AdaptedModule, slice]:
+def find_projection(model: nn.Module, layer: int, projection: str) -> tuple[AdaptedModule, slice]:
     """The module and row range of ``projection`` in block ``layer``.
 
     ``projection`` is a module name (``"q_proj"``, ``"c_attn"``) or a head group (``"q"``, ``"k"``,
@@ -139,7 +139,7 @@ def head_deltas(model: nn.Module, layer: int, projection: str, adapter: str | No
     heads back, ``deltas.reshape(-1, in_features)`` is the projection's full ΔW (rows of its group only,
     for a fused module).
     """
-    found, rows = _find(model, layer, projection)
+    found, rows = find_projection(model, layer, projection)
     name = _resolve_adapter(found.module, adapter)
     delta = full_delta(found.module, name)[rows]
     return delta.reshape(-1, found.layout.head_dim, delta.shape[1])
@@ -148,7 +148,7 @@ def head_deltas(model: nn.Module, layer: int, projection: str, adapter: str | No
 @torch.no_grad()
 def head_factors(model: nn.Module, layer: int, projection: str, adapter: str | None = None) -> HeadFactors:
     """Per-head low-rank factors of one projection (the generated ones for HoRA and DoRAN)."""
-    found, rows = _find(model, layer, projection)
+    found, rows = find_projection(model, layer, projection)
     module = found.module
     name = _resolve_adapter(module, adapter)
     if isinstance(module, GeneratedFactorsLayer):

@@ -60,12 +60,12 @@ def test_adversarial_flood_of_fine_tunes(capsys):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_a_server_started_by_the_bench_dies_with_its_parent():
-    """A killed benchmark or test run leaves no ``python -m app`` behind (hora.bench.load.die_with_parent)."""
+    """A killed benchmark or test run leaves no ``python -m app`` behind (hora.bench.server.die_with_parent)."""
     parent = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import subprocess, sys, time; from hora.bench.load import die_with_parent; "
+            "import subprocess, sys, time; from hora.bench.server import die_with_parent; "
             "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], "
             "preexec_fn=die_with_parent); print(child.pid, flush=True); time.sleep(120)",
         ],

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hora.bench.coldstart import LOADED, PHASE, free_port
+from hora.bench.server import LOADED, PHASE, free_port
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,20 +23,24 @@ LAYERS = {
         "hora.models",
         "hora.data",
         "hora.inspect",
+        "hora.coupling",
         "hora.analysis",
+        "hora.knockout",
         "hora.export",
         "hora.validate",
         "hora.hub",
         "hora.packaged",
         "hora.loaders",
         "hora.variants",
+        "hora.mixed_terms",
+        "hora.mixed",
         "hora.infer",
         "hora.methods",
         "hora.push",
         "hora",  # the package's __init__: the public API, registration included
     ],
     "engine": ["hora.task", "hora.config", "hora.optim", "hora.runs", "hora.train", "hora.jobs", "hora.bench"],
-    "tools": ["hora.cli", "hora.__main__", "hora.assets", "app"],
+    "tools": ["hora.cli", "hora.__main__", "hora.assets", "hora.docs", "app"],
 }
 
 
@@ -87,10 +91,12 @@ def _layer(module: str) -> str:
     return layer_of
 
 
-def test_no_import_cycles_at_module_level():
+def test_no_import_cycles():
+    """No two modules import each other, directly or around a circle, counting imports inside functions (a lazy
+    import that only dodges a circle at import time is still a circle in the design)."""
     sources = _sources()
     graph = {
-        name: {m for m in (_known(i, sources) for i in _imports(path, name, top_level_only=True)) if m and m != name}
+        name: {m for m in (_known(i, sources) for i in _imports(path, name, top_level_only=False)) if m and m != name}
         for name, path in sources.items()
     }
     # a package imports its own submodules when they are imported: not a cycle of the code's design

@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     sweep.add_argument("--out", type=Path, default=Path("assets"), help="assets folder (writes <out>/bench/<base>)")
     sweep.add_argument("--quick", action="store_true", help="two rates, one seed, few steps (a smoke run)")
-    sweep.add_argument("--base", required=True, choices=["smollm2-135m-instruct", "dinov2-small"])
+    sweep.add_argument(
+        "--base", required=True, choices=["smollm2-135m-instruct", "dinov2-small", "vit-digits", "lm-shakespeare"]
+    )
     sweep.add_argument("--readings", nargs="+", metavar="NAME", help="sweep only these readings, keep the others'")
     shots = commands.add_parser(
         "screenshots", help="copy the browser tests' screenshots of the app into <out>/screenshots (for the README)"

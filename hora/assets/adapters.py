@@ -10,7 +10,6 @@ Shakespeare the Folio plays minus the held-out works.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 import torch
 
-from hora.assets.common import write_metadata
+from hora.assets.common import read_sweep, write_metadata
 from hora.data import ImageClassificationData, LanguageModelingData
 from hora.methods import LOW_RANK_METHODS, METHODS
 from hora.train import TrainConfig, TrainResult, train
@@ -189,30 +188,25 @@ def run_adapter(
     return info
 
 
-def search_lr(
+def train_at_swept_rate(
+    root: Path,
     base: str,
+    method: str,
     data: Any,
     recipe: Callable[[float], TrainConfig],
-    runs: Path,
-    grid: tuple[float, ...],
-    metric: str,
-    log: Callable[[str], None],
-    data_source: str | None = None,
-) -> tuple[float, dict]:
-    """Train ``recipe(lr)`` for every learning rate of ``grid`` into ``runs/<method>-<lr>``; the best rate by the
-    engine's validation ``metric`` (accuracy: higher is better; loss: lower), ties to the lower rate, and what
-    each rate scored. A real base's adapters are tuned this way (``hora.assets.smollm``, ``hora.assets.dino``)."""
-    higher = metric == "accuracy"
-    tried: dict[float, dict[str, Any]] = {}
-    for lr in grid:
-        config = recipe(lr)
-        started = time.perf_counter()
-        result = train(base, data, config, out_dir=runs / f"{config.method}-{lr:g}", data_source=data_source)
-        score, step = result.best[metric], result.best["step"]
-        tried[lr] = {f"validation_{metric}": score, "best_step": step, "seconds": round(time.perf_counter() - started)}
-        log(f"{base}: {config.method} lr {lr:g}: validation {metric} {score:.{3 if higher else 4}f} at step {step}")
-    best = max(tried, key=lambda lr: ((1 if higher else -1) * tried[lr][f"validation_{metric}"], -lr))
-    return best, tried
+    out_dir: Path,
+    data_source: str,
+    *,
+    validate: Callable[[torch.nn.Module], dict] | None = None,
+    quick: bool = False,
+) -> tuple[float, dict[str, float]]:
+    """Train ``recipe(rate)`` into ``out_dir`` at the rate the base's own validation sweep chose for ``method``
+    (``<root>/bench/<base>/lr_sweep.json``, ``python -m hora.assets sweep``); returns the rate and the validation
+    score of every rate the sweep tried for that method. A smoke build (``quick``) without a sweep uses 1e-3."""
+    sweep = read_sweep(root, base, required=not quick)
+    rate, scores = (sweep["chosen"][method], sweep["scores"][method]) if sweep else (1e-3, {})
+    train(base, data, recipe(rate), out_dir=out_dir, data_source=data_source, validate=validate)
+    return rate, scores
 
 
 def to_bf16(folder: Path) -> None:

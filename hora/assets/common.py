@@ -83,3 +83,19 @@ def evenly(items: list, n: int) -> list:
     """At most ``n`` of ``items``, evenly spaced from the first (a fixed, spread-out subset of a long list)."""
     step = max(1, len(items) // n)
     return items[::step][:n]
+
+
+SWEEP_FILE = "lr_sweep.json"  # a real base's learning-rate sweep, beside its benchmark (hora.assets.lr_sweep)
+
+
+def read_sweep(assets: str | Path, base: str, required: bool = True) -> dict[str, Any] | None:
+    """The base's ``lr_sweep.json``; a clear error (or None) when the sweep has not been run."""
+    path = Path(assets) / "bench" / base / SWEEP_FILE
+    if not path.is_file():
+        if not required:
+            return None
+        raise FileNotFoundError(
+            f"{path} is missing: run `python -m hora.assets sweep --base {base}` first; every method's learning rate "
+            "comes from its own validation sweep."
+        )
+    return json.loads(path.read_text())

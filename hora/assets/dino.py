@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import tempfile
 import zipfile
 from collections.abc import Callable
 from functools import partial
@@ -49,13 +48,6 @@ CLASS_NAMES = (
 )
 SHOTS = 10
 METHODS_BUILT = tuple(m for m in METHODS if m != "full")  # head-only (the linear probe), then the low-rank methods
-LR_GRID = {
-    "head": (1e-2, 3e-2),
-    "lora": (1e-3, 3e-3),
-    "hora": (1e-3, 3e-3),
-    "dora": (1e-3, 3e-3),
-    "doran": (1e-3, 3e-3),
-}
 SAMPLE = "fashion-10-shot.zip"
 
 
@@ -74,7 +66,7 @@ def recipe(method: str, lr: float, *, steps: int = 60, shots: int = SHOTS, seed:
         keep_best=True,
         r=adapter_stage.R,
         hyper_hidden=adapter_stage.HYPER_HIDDEN,
-        match_params=method in ("lora", "dora"),
+        match_params=False,  # every method at rank r: LoRA and DoRA at HoRA's rank, their parameters shown
         device="cpu",
     )
 
@@ -128,23 +120,20 @@ def build_dino(folder: Path, settings: Any, log: Callable[[str], None]) -> dict:
     data, test = pool_data(splits), heldout_data(splits)
     adapters: dict[str, dict] = {}
     steps = settings.real_vision_steps
-    with tempfile.TemporaryDirectory(prefix=".runs-dino-", dir=folder.parent) as scratch:  # runs not kept vanish
-        runs = Path(scratch)
-        for method in METHODS_BUILT:
-            grid = LR_GRID[method] if not settings.quick else LR_GRID[method][:1]
-            best, tried = adapter_stage.search_lr(
-                BASE, data, partial(recipe, method, steps=steps), runs, grid, "accuracy", log, SAMPLE
-            )
-            out = folder / "adapters" / method
-            out.parent.mkdir(parents=True, exist_ok=True)
-            (runs / f"{method}-{best:g}").rename(out)
-            loaded = load_base(BASE)
-            record = adapter_stage.rename_base(out, loaded.path, BASE)
-            adapter_stage.to_bf16(out)
-            model = load_adapter(loaded, out)
-            adapters[method] = _adapter_info(method, record, tried, best, test_metrics(model, test))
-            write_metadata(out, adapters[method])
-            log(f"{BASE}/{method}: held-out accuracy {adapters[method]['metrics']['accuracy']:.3f}")
+    for method in METHODS_BUILT:
+        out = folder / "adapters" / method
+        out.parent.mkdir(parents=True, exist_ok=True)
+        recipe_at = partial(recipe, method, steps=steps)
+        best, tried = adapter_stage.train_at_swept_rate(
+            folder.parent, BASE, method, data, recipe_at, out, SAMPLE, quick=settings.quick
+        )
+        loaded = load_base(BASE)
+        record = adapter_stage.rename_base(out, loaded.path, BASE)
+        adapter_stage.to_bf16(out)
+        model = load_adapter(loaded, out)
+        adapters[method] = _adapter_info(method, record, tried, best, test_metrics(model, test))
+        write_metadata(out, adapters[method])
+        log(f"{BASE}/{method}: held-out accuracy {adapters[method]['metrics']['accuracy']:.3f}")
     base_info = _base_info(splits, adapters, steps)
     write_metadata(folder, base_info)
     _write_examples(folder, splits)
@@ -163,7 +152,7 @@ def _adapter_info(method: str, run: dict, tried: dict, best: float, metrics: dic
         "engine": "hora.train.train",
         "config": {k: v for k, v in run["config"].items() if k not in ("device", "bf16")},
         "method_info": run["method_info"],
-        "lr_search": {f"{lr:g}": v for lr, v in tried.items()},
+        "lr_sweep": tried,  # mean validation accuracy of each rate, lr_sweep.json (the benchmark's recipe)
         "lr": best,
         "engine_validation": run["final"],
         "train_examples": run["split"]["train"],

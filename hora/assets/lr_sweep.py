@@ -21,19 +21,30 @@ from pathlib import Path
 from typing import Any
 
 from hora import cards as hora_cards
+from hora.assets.common import SWEEP_FILE, read_sweep
 from hora.io import write_atomic
 
 
 RATES = (3e-4, 1e-3, 2e-3, 4e-3, 1e-2)
 SEEDS = (0, 1)
-FILE = "lr_sweep.json"
 
 
 def readings(setup: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Reading name -> TrainConfig fields: the base's own (the vision probe) and the low-rank ones."""
-    from hora.assets.real_bench import READINGS
+    """Reading name -> TrainConfig fields: what the base's benchmark trains (the vision probe, the low-rank ones)."""
+    return setup["readings"]
 
-    return {**setup["readings"], **READINGS}
+
+def sweep_setup(assets: Path, base: str, quick: bool) -> dict[str, Any]:
+    """The benchmark setup of ``base``: a real base's (``hora.assets.real_bench``) or a tiny one's
+    (``hora.assets.bench``)."""
+    from hora.assets import bench
+    from hora.assets.real_bench import SETUPS
+
+    if base in SETUPS:
+        return SETUPS[base](assets, quick)
+    if base in bench.SPECS:
+        return bench.sweep_setup(assets, base, quick)
+    raise ValueError(f"No benchmark for {base!r}; choose one of {sorted({*SETUPS, *bench.SPECS})}.")
 
 
 def run_sweep(
@@ -49,15 +60,14 @@ def run_sweep(
     Each finished (reading, rate) is kept in ``<assets>/.runs-sweep-<base>/`` until the sweep is written, so an
     interrupted sweep resumes where it stopped.
     """
-    from hora.assets.real_bench import SETUPS
-
     assets = Path(assets)
-    setup = SETUPS[base](assets, quick)
+    setup = sweep_setup(assets, base, quick)
     every = readings(setup)
     unknown = sorted(set(only or []) - set(every))
     if unknown:
         raise ValueError(f"Unknown reading(s) {unknown} for {base}; choose from {sorted(every)}.")
-    rates, seeds, size = (RATES[:2], SEEDS[:1], setup["shots"][0]) if quick else (RATES, SEEDS, setup["shots"][0])
+    seeds = setup.get("sweep_seeds", SEEDS)  # a tiny base validates on its benchmark's pool: other seeds, other splits
+    rates, seeds, size = (RATES[:2], seeds[:1], setup["shots"][0]) if quick else (RATES, seeds, setup["shots"][0])
     earlier = read_sweep(assets, base, required=False) if only else None
     finished = assets / f".runs-sweep-{base}"
     finished.mkdir(parents=True, exist_ok=True)
@@ -68,13 +78,13 @@ def run_sweep(
             configs[name] = (earlier or {}).get("peft_configs", {}).get(name)
             continue
         for lr in rates:
-            config = replace(setup["recipe"](fields["method"], lr), **fields, shots=size)
+            config = replace(setup["recipe"](fields["method"], lr), **fields, shots=setup.get("sweep_size", size))
             done, config_record = _sweep_point(base, setup, name, config, seeds, finished, log)
             runs += done
             configs[name] = config_record
             seconds += sum(r["seconds"] for r in done)
     report = _report(base, setup, every, rates, seeds, size, runs, configs, seconds, quick)
-    write_atomic(assets / "bench" / base / FILE, json.dumps(report, indent=1) + "\n")
+    write_atomic(assets / "bench" / base / SWEEP_FILE, json.dumps(report, indent=1) + "\n")
     if not only:
         for path in finished.glob("*.json"):
             path.unlink()
@@ -133,7 +143,7 @@ def _report(base, setup, every, rates, seeds, size, runs, configs, seconds, quic
         "metric": f"validation {metric}",
         "higher_is_better": higher,
         "validation": setup["validation_label"],
-        "size": size,
+        "size": setup.get("sweep_size", size),
         "shots_label": setup["shots_label"],
         "rates": list(rates),
         "seeds": list(seeds),
@@ -153,19 +163,6 @@ def choose(by_rate: dict[str, float], higher: bool) -> float:
     return min((float(lr) for lr in by_rate), key=lambda lr: ((-1 if higher else 1) * by_rate[f"{lr:g}"], lr))
 
 
-def read_sweep(assets: str | Path, base: str, required: bool = True) -> dict[str, Any] | None:
-    """The base's ``lr_sweep.json``; a clear error (or None) when the sweep has not been run."""
-    path = Path(assets) / "bench" / base / FILE
-    if not path.is_file():
-        if not required:
-            return None
-        raise FileNotFoundError(
-            f"{path} is missing: run `python -m hora.assets sweep --base {base}` first; every method's learning rate "
-            "comes from its own validation sweep."
-        )
-    return json.loads(path.read_text())
-
-
 def table(report: dict[str, Any]) -> str:
     """Mean validation score per reading and rate; the chosen rate in bold."""
     header = ["reading", *[f"lr {lr:g}" for lr in report["rates"]]]
@@ -180,4 +177,4 @@ def table(report: dict[str, Any]) -> str:
     return hora_cards.table(header, rows)
 
 
-__all__ = ["FILE", "RATES", "SEEDS", "choose", "read_sweep", "readings", "run_sweep", "table"]
+__all__ = ["RATES", "SEEDS", "choose", "readings", "run_sweep", "sweep_setup", "table"]

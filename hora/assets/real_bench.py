@@ -1,14 +1,14 @@
 """``python -m hora.assets bench --base smollm2-135m-instruct|dinov2-small``: sample efficiency and a parameter
-Pareto front on the real bases, sized for about 90 minutes on a 2-core CPU.
+Pareto front on the real bases, sized for about an hour on a 2-core CPU.
 
-Every method at two training-set sizes with three seeds, HoRA in both readings (A and B generated; only the per-head
-B generated, ``generate_a=False``, the default since this benchmark), LoRA at HoRA's rank and at the parameter budget
-of HoRA with A generated; then, on the vision base (whose runs are cheap enough), LoRA and HoRA at ranks 4 and 16 at
-the smaller size as well. The
-Pareto plot draws the test metric against trainable parameters at the smaller size for every variant run there (as
-PEFT's method-comparison Space draws it). Each run is the engine with its learning rate
-from the embedded adapter's search and the engine's own validation selecting the step (``keep_best``); the test set
-is the one of the base's card (replies of Macbeth and The Tempest; 500 held-out photos), never seen by training.
+Every method at two training-set sizes with three seeds: LoRA, DoRA and DoRAN at HoRA's rank (r = 8), HoRA in both
+readings (only the per-head B generated, the default; A and B generated), and LoRA at the rank whose trainable
+parameters match HoRA's default; then, on the vision base (whose runs are cheap enough), LoRA and HoRA at ranks 4 and
+16 at the smaller size as well. Each variant trains at the learning rate its own method and reading chose in its
+validation sweep on this recipe (``python -m hora.assets sweep``, ``lr_sweep.json``); the engine keeps the weights of
+the best validation (``keep_best``). The test set is the one of the base's card (replies of Macbeth and The Tempest;
+500 held-out photos), never seen by training, validation or the sweep. The Pareto plot draws the test metric against
+trainable parameters at the smaller size for every variant run there (as PEFT's method-comparison Space draws it).
 Outputs in ``<assets>/bench/<base>/``: JSON (every run, the grid), PNG figures (with matplotlib), README.md.
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 
 from hora import cards as hora_cards
 from hora.assets import cards
-from hora.assets.common import evenly
+from hora.assets.common import SWEEP_FILE, evenly, read_sweep
 from hora.io import atomic_dir, write_atomic
 
 
@@ -112,7 +112,7 @@ def _lm_setup(assets: Path, quick: bool) -> dict[str, Any]:
         "shots_label": "training chunks of 128 tokens",
         "metric_label": "test reply loss (nats/token, lower is better), Macbeth and The Tempest",
         "extra": {},
-        "readings": {},
+        "readings": READINGS,
         "budget_rank": budget_rank(smollm.BASE),
         "pareto": {},  # a real-LM run costs about 2 minutes here: the six variants are the Pareto plot's points
     }
@@ -132,7 +132,7 @@ def _vision_setup(assets: Path, quick: bool) -> dict[str, Any]:
         "shots_label": "shots per class",
         "metric_label": "test accuracy on 500 held-out photos (chance 0.10)",
         "extra": {"Head only (linear probe)": {"method": "head"}},  # the reference: a backbone has no head of its own
-        "readings": {"head": {"method": "head"}},
+        "readings": {"head": {"method": "head"}, **READINGS},
         "budget_rank": budget_rank(dino.BASE),
         "validate": None,  # the engine's own: few-shot-pool photos not drawn as shots (whole photos, never trained on)
         "validation_metric": "accuracy",
@@ -166,8 +166,6 @@ def run_real_bench(
     unknown = sorted(set(only or []) - set(known))
     if unknown:
         raise ValueError(f"Unknown variant(s) {unknown} for {base}; choose from {known}.")
-    from hora.assets.lr_sweep import read_sweep
-
     lrs = read_sweep(assets, base)["chosen"]  # each reading's rate from its own validation sweep
     seeds = SEEDS[:2] if quick else SEEDS
     reference = None
@@ -239,9 +237,43 @@ def _merge(reports: list[dict], base: str, setup: dict, quick: bool, seconds: fl
         "results": {name: rows for r in reports for name, rows in r["results"].items()},
         "params": {r["methods"][0]: r["runs"][0]["trainable_params"] for r in reports},
         "runs": [run for r in reports for run in r["runs"]],
+        "validation_metric": setup["validation_metric"],
+        "validation_label": setup["validation_label"],
         "wall_seconds": round(seconds, 1),
         "quick": quick,
     }
+
+
+def validation_means(report: dict) -> dict[str, dict[str, float]]:
+    """Variant -> size -> mean validation metric of the weights kept (the runs' ``final``), beside the test's."""
+    metric, out = report["validation_metric"], {}
+    for run in report["runs"]:
+        out.setdefault(run["method"], {}).setdefault(str(run["shots"]), []).append(run["final"][metric])
+    return {name: {k: sum(v) / len(v) for k, v in sizes.items()} for name, sizes in out.items()}
+
+
+def rank_agreement(report: dict) -> dict[str, float]:
+    """Size -> Spearman's rank correlation of the variants' mean validation and mean test metrics (1: both rank the
+    variants alike). The check before trusting a validation sweep: a split that ranks methods unlike the test misleads
+    every choice made on it."""
+    valid = validation_means(report)
+    out = {}
+    for k in map(str, report["shots"]):
+        names = [n for n, rows in report["results"].items() if k in rows and k in valid.get(n, {})]
+        if len(names) < 3:
+            continue
+        ranks = [_ranks([valid[n][k] for n in names]), _ranks([report["results"][n][k]["mean"] for n in names])]
+        n = len(names)
+        out[k] = 1 - 6 * sum((a - b) ** 2 for a, b in zip(*ranks)) / (n * (n * n - 1))
+    return out
+
+
+def _ranks(values: list[float]) -> list[float]:
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks = [0.0] * len(values)
+    for rank, index in enumerate(order):
+        ranks[index] = float(rank)
+    return ranks
 
 
 def table(report: dict) -> str:
@@ -264,14 +296,19 @@ def table(report: dict) -> str:
 
 def _write(folder: Path, report: dict) -> None:
     with atomic_dir(folder) as tmp:
+        if (folder / SWEEP_FILE).is_file():  # the sweep the rates came from stays beside the grid
+            shutil.copy2(folder / SWEEP_FILE, tmp / SWEEP_FILE)
         (tmp / "sample_efficiency.json").write_text(json.dumps(report, indent=1) + "\n")
         pngs = _figures(report, tmp)
         better = "higher" if report["higher_is_better"] else "lower"
         images = "\n".join(f"![{p.stem}]({p.name})" for p in pngs)
+        agreement = ", ".join(f"{rho:+.2f} at {k}" for k, rho in rank_agreement(report).items())
         (tmp / "README.md").write_text(
             f"# Sample efficiency and Pareto front on `{report['base_model']}`\n\n"
             f"{__doc__.split(chr(10) + chr(10))[1]}\n\nCells: mean {report['metric_label']} ({better} is better) "
             f"[95% interval over seeds {report['seeds']}].\n\n{table(report)}\n\n{images}\n\n"
+            f"Validation ({report['validation_label']}) and test rank the variants alike to Spearman's "
+            f"rho {agreement or 'n/a'} ({report['shots_label']}).\n\n"
             f"Wall time: {report['wall_seconds'] / 60:.0f} minutes on a shared 2-core CPU.\n",
             encoding="utf-8",
         )

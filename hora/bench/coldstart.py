@@ -12,13 +12,14 @@ from __future__ import annotations
 import os
 import platform
 import re
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+
+from hora.bench.server import LOADED, PHASE, die_with_parent, free_port, rss
 
 
 # Chromium runs as root here, with no network: no sandbox, no GPU, no background traffic to Google.
@@ -34,18 +35,6 @@ CHROMIUM_ARGS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-PHASE = re.compile(r"hora explorer: imports ([\d.]+) s, models ([\d.]+) s, page ([\d.]+) s")
-"""The line ``python -m app`` prints on stderr once it is about to serve: where its start-up time went."""
-LOADED = re.compile(r"hora explorer: every model loaded ([\d.]+) s")
-"""The line it prints once every model is in memory (a warm start loads them after serving the page)."""
-
-
 def cold_start(timeout: float = 600.0, cache: str | None = None) -> dict[str, float]:
     """One cold start: seconds to HTTP ready and to a usable page, where the server's time went (imports, loading
     the models, building the page with its first paints), and its resident memory at rest.
@@ -56,8 +45,6 @@ def cold_start(timeout: float = 600.0, cache: str | None = None) -> dict[str, fl
     empty folder: the first-ever start, packaged bases converted and first paints computed).
     """
     from playwright.sync_api import sync_playwright
-
-    from hora.bench.load import die_with_parent, rss
 
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
@@ -149,4 +136,4 @@ def run(runs: int = 3, first: bool = False, log=print) -> dict:
     }
 
 
-__all__ = ["CHROMIUM_ARGS", "LOADED", "PHASE", "cold_start", "free_port", "run"]
+__all__ = ["CHROMIUM_ARGS", "cold_start", "run"]

@@ -19,20 +19,16 @@ import platform
 import random
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
-from hora.bench.coldstart import LOADED, free_port
 from hora.bench.report import adversarial_table
+from hora.bench.server import RssSampler, free_port, rss, start_app, stop_app, tail
 from hora.bench.stats import latency_spread
 
 
@@ -60,84 +56,6 @@ class Plan:  # what the users send, discovered from the running app's API and th
     examples: list[str]  # held-out digit PNGs
     finetune_base: str
     finetune_sample: str  # a bundled sample of the Fine-tune tab
-
-
-# --- The server and its memory -----------------------------------------------------------------------------------
-
-
-def die_with_parent() -> None:
-    """In a child process (``preexec_fn``): have Linux send it SIGTERM when its parent dies, so that a benchmark or a
-    test run that is killed leaves no server behind. Elsewhere it does nothing."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
-
-
-def start_app(port: int, log: Path, timeout: float = 180.0) -> subprocess.Popen:
-    """``python -m app`` on 127.0.0.1:``port`` (output to ``log``), returned once it answers HTTP with every model
-    loaded: a warm start serves its page before loading them, and the users measure serving, not loading."""
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HORA_PROXY_HOPS": "1"}
-    with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
-        command = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port)]
-        server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
-    start = time.monotonic()
-    while True:
-        if server.poll() is not None:
-            raise RuntimeError(f"the app exited with code {server.returncode}:\n{_tail(log)}")
-        if time.monotonic() - start > timeout:
-            stop_app(server)
-            raise TimeoutError(f"the app was not serving with its models loaded within {timeout:.0f} s:\n{_tail(log)}")
-        with contextlib.suppress(OSError):
-            if urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) and LOADED.search(_tail(log, 10**6)):
-                return server
-        time.sleep(0.2)
-
-
-def stop_app(server: subprocess.Popen) -> None:
-    server.terminate()
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait(timeout=30)
-
-
-def _tail(log: Path, chars: int = 3000) -> str:
-    return log.read_text(errors="replace")[-chars:] if log.is_file() else ""
-
-
-def rss(pid: int) -> int:
-    """Resident memory of ``pid`` and all its children, in bytes (0 once it is gone)."""
-    try:
-        process = psutil.Process(pid)
-        processes = [process, *process.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    total = 0
-    for each in processes:
-        with contextlib.suppress(psutil.Error):  # a child that just exited
-            total += each.memory_info().rss
-    return total
-
-
-class RssSampler(threading.Thread):
-    """Samples ``rss(pid)`` every ``interval`` seconds and keeps the peak."""
-
-    def __init__(self, pid: int, interval: float = 0.5) -> None:
-        super().__init__(daemon=True)
-        self.pid, self.interval, self.peak = pid, interval, rss(pid)
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop_event.wait(self.interval):
-            self.peak = max(self.peak, rss(self.pid))
-
-    def stop(self) -> int:
-        self._stop_event.set()
-        self.join()
-        return max(self.peak, rss(self.pid))
 
 
 # --- The users ---------------------------------------------------------------------------------------------------
@@ -330,7 +248,7 @@ def _serving(port: int | None) -> Iterator[tuple[str, subprocess.Popen, Plan, Pa
         yield url, server, plan, scratch, after
     finally:
         stop_app(server)
-        after["log"] = _tail(scratch / "server.log")
+        after["log"] = tail(scratch / "server.log")
         shutil.rmtree(scratch, ignore_errors=True)
 
 

@@ -77,6 +77,7 @@ def sample_efficiency(
                 "kept_step": result.metrics.get("kept_step"),
                 "trainable_params": result.metrics["method_info"]["trainable_params"],
                 "adapter_params": result.metrics["method_info"]["adapter_params"],
+                "peft_config": result.metrics["method_info"]["peft_config"],  # what ran: docs check it against today's
                 "train_seconds": result.metrics["timing"]["train_seconds"],
             }
         )

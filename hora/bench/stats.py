@@ -45,7 +45,15 @@ def mean_ci(values: Sequence[float]) -> dict[str, Any]:
     return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half, "n": n, "values": list(values)}
 
 
-__all__ = ["latency_spread", "mean_ci", "percentile", "t_quantile_975"]
+def paired_difference(a: dict[Any, float], b: dict[Any, float]) -> dict[str, Any]:
+    """Mean [95% interval] of a - b over the keys both have (seeds: the same shots and batches for both methods)."""
+    common = sorted(set(a) & set(b))
+    if not common:
+        raise ValueError("No seed in common: a paired difference needs runs of both at the same seeds.")
+    return mean_ci([a[k] - b[k] for k in common])
+
+
+__all__ = ["latency_spread", "mean_ci", "paired_difference", "percentile", "t_quantile_975"]
 
 
 def percentile(values: list[float], p: float) -> float:

@@ -1,0 +1,260 @@
+"""Numbers in the docs that cannot go stale: every benchmark table in ``README.md`` and ``docs/*.md`` is rendered from
+the JSON its benchmark command wrote (committed beside it, under ``assets/bench/``), between two markers::
+
+    <!-- generated: real-grid smollm2-135m-instruct -->
+    | variant | ... |
+    <!-- end generated -->
+
+``python -m hora docs`` rewrites every such block from its JSON; ``python -m hora docs --check`` (and
+``tests/test_docs.py``) fails when a block differs from what its JSON renders. A table whose JSON was measured with
+settings that are no longer the defaults says so under the table, automatically: each report records the PEFT
+configuration its adapters ran with, and ``config_notes`` compares it with today's defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCK = re.compile(
+    r"(<!-- generated: (?P<name>[\w-]+)(?: (?P<arg>[^ ]+?))? -->\n)(?P<body>.*?)(<!-- end generated -->)", re.S
+)
+DOCS = ("README.md", "docs/*.md")
+
+
+def _json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} is missing.")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Staleness: what a report ran with against today's defaults
+
+
+def _defaults(peft_type: str) -> dict[str, Any]:
+    from hora import DoranConfig, HoraConfig
+
+    cls = {"HORA": HoraConfig, "DORAN": DoranConfig}.get(peft_type.upper())
+    if cls is None:
+        return {}
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+
+WATCHED = ("generator_scale", "generate_a", "hyper_hidden", "share_qv", "seed_std", "tau_init", "init_weights")
+"""The fields of HoRA's and DoRAN's configs whose value changes what a benchmark measures."""
+
+
+def config_notes(runs: Iterable[tuple[str, dict | None, dict]]) -> list[str]:
+    """Sentences saying where a report's adapters ran with other settings than today's defaults.
+
+    ``runs`` are (variant name, the PEFT config it recorded or None, the fields its variant set on purpose). A field
+    the variant set on purpose (``generate_a`` of "HoRA, A and B generated") is not a stale default.
+    """
+    notes: dict[str, None] = {}
+    for name, config, chosen in runs:
+        if config is None:
+            notes[
+                "This report does not record its adapters' configurations, so whether it ran with today's "
+                "defaults cannot be checked: regenerate it."
+            ] = None
+            continue
+        defaults = _defaults(str(config.get("peft_type", "")))
+        for field in WATCHED:
+            if field not in defaults or field in chosen:
+                continue
+            recorded = config.get(field, "absent (it predates the field)")
+            if recorded != defaults[field]:
+                notes[
+                    f"{name} ran with `{field}` = {recorded!r}; the default is now {defaults[field]!r}: the row "
+                    "predates that change."
+                ] = None
+    return list(notes)
+
+
+def _grid_runs(report: dict) -> Iterable[tuple[str, dict | None, dict]]:
+    variants = report.get("variants") or {}
+    for run in report["runs"]:
+        fields = variants.get(run["method"], {})
+        if fields.get("method", run.get("peft_method", run["method"])) not in ("hora", "doran"):
+            continue
+        yield run["method"], run.get("peft_config"), {**fields.get("method_args", {}), **fields}
+
+
+def _with_notes(table: str, notes: list[str]) -> str:
+    return table + "".join(f"\n\n*{note}*" for note in notes)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Renderers: name -> function(argument) -> Markdown
+
+
+def _real_grid(base: str) -> str:
+    from hora.assets.real_bench import table
+
+    report = _json(ROOT / "assets" / "bench" / base / "sample_efficiency.json")
+    return _with_notes(table(report), config_notes(_grid_runs(report)))
+
+
+PAIRS = (  # the comparisons the papers' claims are about, A minus B on the same seeds (the same shots for both)
+    ("HoRA r8, only B generated (default)", "LoRA r8"),
+    ("HoRA r8, only B generated (default)", "LoRA r{budget}, HoRA's budget"),
+    ("HoRA r8, A and B generated", "LoRA r8"),
+    ("DoRA r8", "LoRA r8"),
+    ("DoRAN r8", "DoRA r8"),
+)
+
+
+def paired_rows(report: dict) -> list[list[str]]:
+    """Rows of A − B per training-set size: mean [95% interval] over seeds and what it says (which is better, or no
+    difference shown when the interval covers 0). The sign reads as the metric: for a loss, negative favours A."""
+    from hora.bench.stats import paired_difference
+
+    names = list(report["results"])
+    budget = next((n for n in names if n.endswith("HoRA's budget")), "")
+    rows = []
+    for a, b in PAIRS:
+        b = budget if "{budget}" in b else b
+        if a not in names or b not in names:
+            continue
+        for k in report["shots"]:
+            values = {
+                name: {r["seed"]: r["value"] for r in report["runs"] if r["method"] == name and r["shots"] == k}
+                for name in (a, b)
+            }
+            if not values[a] or not values[b]:
+                continue
+            diff = paired_difference(values[a], values[b])
+            favours_a = diff["ci_low"] > 0 if report["higher_is_better"] else diff["ci_high"] < 0
+            favours_b = diff["ci_high"] < 0 if report["higher_is_better"] else diff["ci_low"] > 0
+            verdict = (
+                f"{a.split(',')[0]} better"
+                if favours_a
+                else f"{b.split(',')[0]} better"
+                if favours_b
+                else "no difference shown"
+            )
+            cell = f"{diff['mean']:+.3f} [{diff['ci_low']:+.3f}, {diff['ci_high']:+.3f}]"
+            rows.append([f"{a} − {b}", str(k), cell, verdict])
+    return rows
+
+
+def _paired(base: str) -> str:
+    from hora import cards as hora_cards
+
+    report = _json(ROOT / "assets" / "bench" / base / "sample_efficiency.json")
+    header = [
+        "A − B",
+        report["shots_label"],
+        f"mean difference [95% interval], {len(report['seeds'])} seeds",
+        "reading",
+    ]
+    return hora_cards.table(header, paired_rows(report))
+
+
+def _agreement(base: str) -> str:
+    from hora.assets.real_bench import rank_agreement
+
+    report = _json(ROOT / "assets" / "bench" / base / "sample_efficiency.json")
+    rho = ", ".join(f"{value:+.2f} at {k} {report['shots_label']}" for k, value in rank_agreement(report).items())
+    return (
+        f"Validation ({report['validation_label']}) and test rank the variants alike to Spearman's rho {rho} "
+        "(1: the same order)."
+    )
+
+
+def _lr_sweep(base: str) -> str:
+    from hora.assets.lr_sweep import table
+
+    report = _json(ROOT / "assets" / "bench" / base / "lr_sweep.json")
+    runs = [(name, config, report["readings"][name]) for name, config in report["peft_configs"].items()]
+    return _with_notes(
+        table(report), config_notes(r for r in runs if r[1] and r[1].get("peft_type") in ("HORA", "DORAN"))
+    )
+
+
+def _tiny_grid(base: str) -> str:
+    from hora.assets.bench import markdown_table
+
+    report = _json(ROOT / "assets" / "bench" / base / "sample_efficiency.json")
+    runs = ((r["method"], r.get("peft_config"), {}) for r in report["runs"] if r["method"] in ("hora", "doran"))
+    return _with_notes(markdown_table(report), config_notes(runs))
+
+
+def _embedded(base: str) -> str:
+    """The embedded adapters of a base: rank, trainable parameters, learning rate and the card's held-out metric."""
+    from hora import cards as hora_cards
+    from hora.assets.common import read_metadata
+    from hora.methods import label
+
+    folder = ROOT / "assets" / base
+    base_info = read_metadata(folder)
+    loss = base_info.get("kind") == "lm"
+    header = ["model", "rank", "trainable parameters", "learning rate"]
+    header.append("held-out reply loss (nats/token, lower is better)" if loss else "held-out accuracy (chance 0.10)")
+    rows = [["base", "—", "0", "—", f"{base_info['metrics']['loss']:.3f}"]] if loss else []
+    runs = []
+    for adapter in sorted((folder / "adapters").iterdir(), key=lambda p: _METHOD_ORDER.index(p.name)):
+        info = read_metadata(adapter)
+        config = info["method_info"].get("peft_config") or {}
+        metric = f"{info['metrics']['loss']:.3f}" if loss else f"{info['metrics']['accuracy']:.3f}"
+        name = "linear probe (head-only)" if info["method"] == "head" else label(info["method"])
+        rows.append([name, config.get("r", "—"), f"{info['trainable_parameters']:,}", f"{info['lr']:g}", metric])
+        if info["method"] in ("hora", "doran"):
+            runs.append((label(info["method"]), config, {}))
+    return _with_notes(hora_cards.table(header, rows), config_notes(runs))
+
+
+_METHOD_ORDER = ["head", "lora", "hora", "dora", "doran"]
+
+RENDERERS: dict[str, Callable[[str], str]] = {
+    "real-grid": _real_grid,
+    "paired": _paired,
+    "agreement": _agreement,
+    "lr-sweep": _lr_sweep,
+    "tiny-grid": _tiny_grid,
+    "embedded": _embedded,
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Files
+
+
+def doc_files(root: Path = ROOT) -> list[Path]:
+    """The README and every page under docs/."""
+    return [p for pattern in DOCS for p in sorted(root.glob(pattern))]
+
+
+def render_blocks(text: str) -> str:
+    """``text`` with every generated block rendered afresh from its JSON."""
+
+    def replace(match: re.Match) -> str:
+        name, arg = match["name"], match["arg"] or ""
+        if name not in RENDERERS:
+            raise ValueError(f"Unknown generated block {name!r}; known: {', '.join(sorted(RENDERERS))}.")
+        return f"{match.group(1)}{RENDERERS[name](arg).rstrip()}\n{match.group(5)}"
+
+    return BLOCK.sub(replace, text)
+
+
+def sync(root: Path = ROOT, check: bool = False) -> list[Path]:
+    """Render every doc file's generated blocks; the files whose blocks were stale (rewritten unless ``check``)."""
+    stale = []
+    for path in doc_files(root):
+        text = path.read_text(encoding="utf-8")
+        fresh = render_blocks(text)
+        if fresh != text:
+            stale.append(path)
+            if not check:
+                path.write_text(fresh, encoding="utf-8")
+    return stale
+
+
+__all__ = ["BLOCK", "RENDERERS", "WATCHED", "config_notes", "doc_files", "render_blocks", "sync"]
