@@ -5,6 +5,7 @@
     python -m hora eval --base runs/vit --adapter runs/hora --data digits.zip
     python -m hora bench sample-efficiency --base runs/vit --data digits.zip --methods lora,hora --out runs/bench
     python -m hora bench speed --base runs/vit --out runs/speed
+    python -m hora bench ops --out runs/ops                        # operator calls per step, HoRA vs LoRA
     python -m hora bench cold-start --runs 3                       # the explorer, as a browser sees it
     python -m hora bench load --users 16 --seconds 120             # the explorer under concurrent users
     python -m hora bench load --adversarial                        # ... and while one client floods fine-tunes
@@ -136,23 +137,9 @@ def _add_bench_parsers(bench: Any) -> None:
     p.add_argument("--shots", type=_ints, default=[1, 2, 4, 8, 16])
     p.add_argument("--seeds", type=int, default=5, help="number of seeds (0 .. N-1)")
     p.add_argument("--out", required=True)
-    p = bench.add_parser("speed", help="training step time, memory and inference latency vs LoRA")
-    p.add_argument(
-        "--base",
-        required=True,
-        help="a base folder, embedded name or Hub repo, or a full-size model built from its config with random "
-        "weights: config:vit-b16, config:gpt2 or config:smollm-135m",
-    )
-    p.add_argument("--methods", type=_csv, default=["lora", "dora", "hora", "doran"])
-    p.add_argument("--steps", type=int, default=20, help="timed rounds (after warm-up)")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=128, help="LM bases: tokens per sequence")
-    p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--hyper-hidden", type=int, default=16)
-    p.add_argument("--match-params", action="store_true")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu"])
-    p.add_argument("--out", required=True)
+    from hora.bench import commands
+
+    commands.add_parsers(bench)  # speed, ops
     p = bench.add_parser(
         "cold-start", help="the explorer started in a fresh process until headless Chromium can use it"
     )
@@ -400,22 +387,10 @@ def cmd_bench(args: argparse.Namespace) -> dict:
 
         report = variants.compare_sharing(args.base, args.adapters, rounds=args.rounds)
         return {"command": "bench variants", **report}
-    if args.bench == "speed":
-        report = bench.speed(
-            args.base,
-            methods=args.methods,
-            steps=args.steps,
-            warmup=args.warmup,
-            batch_size=args.batch_size,
-            seq_len=args.seq_len,
-            r=args.rank,
-            hyper_hidden=args.hyper_hidden,
-            match_params=args.match_params,
-            device=args.device,
-            out_dir=args.out,
-        )
-        print(bench.speed_table(report), file=sys.stderr)
-        return {"command": "bench speed", "out": args.out, "ratios_to_lora": report["ratios_to_lora"]}
+    if args.bench in ("speed", "ops"):
+        from hora.bench import commands
+
+        return commands.run(args)
     config = _train_config(args, shots=None, seed=0)  # both swept by the benchmark
     report = bench.sample_efficiency(
         args.base,

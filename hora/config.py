@@ -91,6 +91,10 @@ class TrainConfig:
     )
     device: Literal["auto", "cpu"] = field(default="auto", metadata=_help("auto: CUDA, then Apple MPS, then CPU"))
     bf16: bool | None = field(default=None, metadata=_help("bf16 autocast (default: on CUDA when supported)"))
+    compile: bool = field(
+        default=False,
+        metadata=_help("run the training step's forward and backward through torch.compile (pays off on a GPU)"),
+    )
 
     def __post_init__(self) -> None:
         self.method = check_method(self.method)

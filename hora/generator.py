@@ -18,6 +18,7 @@ head, so all heads' B columns come from one shared, learned map: that is the cro
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -99,19 +100,25 @@ class BlockGenerator(nn.Module):
             for layer in new:
                 layer.to(dtype=dtype)
 
+    def a_layers(self, projection: str, in_features: int) -> tuple[nn.Linear, nn.Linear]:
+        """(first, second) layer of the projection's G_A."""
+        return self.a_in[self._in_key(projection, in_features)], self.a_out[_key(projection)]
+
+    def b_layers(self, projection: str, head_dim: int) -> tuple[nn.Linear, nn.Linear]:
+        """(first, second) layer of the projection's G_B."""
+        return self.b_in[self._in_key(projection, head_dim)], self.b_out[_key(projection)]
+
     def generate_a(self, projection: str, seed: torch.Tensor) -> torch.Tensor:
         """A = G_A(Ā), row-wise. seed: (r, in) -> (r, in)."""
-        key = _key(projection)
-        first = self.a_in[self._in_key(projection, seed.shape[-1])]
-        return self.a_out[key](torch.tanh(first(seed))) * self.output_scale
+        first, second = self.a_layers(projection, seed.shape[-1])
+        return second(torch.tanh(first(seed))) * self.output_scale
 
     def generate_b(self, projection: str, seed: torch.Tensor, head_dim: int) -> torch.Tensor:
         """B_h = G_B(B̄_h) column-wise for every head. seed: (out, r) -> (out, r)."""
         out, r = seed.shape
-        key = _key(projection)
-        first = self.b_in[self._in_key(projection, head_dim)]
+        first, second = self.b_layers(projection, head_dim)
         columns = seed.view(out // head_dim, head_dim, r).transpose(1, 2)  # (H, r, hd): one row per column
-        generated = self.b_out[key](torch.tanh(first(columns))) * self.output_scale  # (H, r, hd)
+        generated = second(torch.tanh(first(columns))) * self.output_scale  # (H, r, hd)
         return generated.transpose(1, 2).reshape(out, r)
 
     def factors(
@@ -142,6 +149,25 @@ class BlockGenerator(nn.Module):
             layer.load_state_dict({"weight": weight, "bias": state[f"{key}.bias"]})
             getattr(generator, part)[name] = layer
         return generator
+
+
+def generate_stacked(
+    seeds: torch.Tensor, first: Sequence[nn.Linear], second: Sequence[nn.Linear], scale: float
+) -> torch.Tensor:
+    """G applied row-wise to J stacks of rows at once, stack j with its own layers ``first[j]`` and ``second[j]``.
+
+    The batched twin of ``generate_a`` / ``generate_b`` (the same function, to float rounding): one batched matmul,
+    one tanh and one batched matmul for J factors, where generating them one by one costs J chains of small
+    operators. The layers' weights are stacked afresh on every call (the parameters stay where they are); a layer
+    may appear several times (a first layer shared by a block's projections). seeds: (J, N, n) -> (J, N, n).
+    """
+    count, width = len(first), seeds.shape[-1]
+    w1 = torch.cat([layer.weight for layer in first]).view(count, -1, width)  # (J, p, n)
+    b1 = torch.cat([layer.bias for layer in first]).view(count, 1, -1)  # (J, 1, p)
+    w2 = torch.cat([layer.weight for layer in second]).view(count, width, -1)  # (J, n, p)
+    b2 = torch.cat([layer.bias for layer in second]).view(count, 1, width)  # (J, 1, n)
+    hidden = torch.tanh(torch.baddbmm(b1, seeds, w1.transpose(1, 2)))  # (J, N, p)
+    return torch.baddbmm(b2, hidden, w2.transpose(1, 2)) * scale  # (J, N, n)
 
 
 def _first_layer(n: int, p: int, device: torch.device) -> nn.Linear:

@@ -67,6 +67,19 @@ def make_accelerator(device: str = "auto", bf16: bool | None = None):
         return Accelerator(**kwargs)
 
 
+COMPILE_BACKEND = "inductor"  # torch.compile's backend for `compile_model`; tests use "aot_eager" (no C++ compiler)
+
+
+def compile_model(model: nn.Module) -> nn.Module:
+    """``model`` with its forward (and, through AOTAutograd, its backward) compiled by ``torch.compile``.
+
+    The result shares the parameters: the optimiser, saving and evaluation keep using ``model`` itself, and only the
+    training step calls the compiled one. HoRA's and DoRAN's training forward compiles whole, with no graph break
+    (their factors come from one batched generation pass, ``hora.tuners.hora.factor_pass``).
+    """
+    return torch.compile(model, backend=COMPILE_BACKEND)
+
+
 class Snapshot:
     """A copy of the trainable weights, to go back to the last weights whose loss was finite."""
 

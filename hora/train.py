@@ -34,6 +34,7 @@ from hora.methods import MethodInfo, apply_method
 from hora.optim import (
     Snapshot,
     clip_gradients,
+    compile_model,
     cosine_schedule,
     count_tokens,
     is_cancelled,
@@ -128,6 +129,7 @@ class _Run:
     batches: Iterator[list[int]]
     per_process: int
     snapshot: Snapshot
+    step_model: nn.Module  # what the training step calls: ``model``, or ``model`` compiled (``config.compile``)
     history: dict[str, list] = field(
         default_factory=lambda: {k: [] for k in ("step", "loss", "lr", "grad_norm", "step_time", "eval_step")}
     )
@@ -266,6 +268,7 @@ def _setup(base: str | os.PathLike, data: Any, config: TrainConfig, data_source:
         batches=batches,
         per_process=per_process,
         snapshot=Snapshot(params),
+        step_model=compile_model(model) if config.compile else model,
     )
 
 
@@ -281,7 +284,7 @@ def _step(run: _Run, step: int) -> tuple[StepEvent | None, str | None]:
     chosen = next(run.batches)[rank * run.per_process : (rank + 1) * run.per_process]  # this process's share
     batch = run.task.encode(run.split.train_source, [run.split.train[i] for i in chosen])
     batch = {k: v.to(run.device) for k, v in batch.items()}
-    loss, _ = compute_loss(run.task, run.model, batch)
+    loss, _ = compute_loss(run.task, run.step_model, batch)
     loss_value = float(accelerator.reduce(loss.detach(), "mean") if run.world > 1 else loss.detach())
     if not math.isfinite(loss_value):
         run.snapshot.restore()

@@ -56,9 +56,17 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "peft_tests"  # PEFT's tests/ folder is imported under this name (it uses relative imports)
 TEST_FILE = "test_custom_models.py"
 # PEFT's test classes that take their cases from the lists replaced below; the others hard-code LoRA, IA3, ...
-TEST_CLASSES = ("TestPeftCustomModel", "TestMultipleActiveAdapters", "TestRequiresGrad", "TestPeftFsdpStateDict")
+TEST_CLASSES = (
+    "TestPeftCustomModel",
+    "TestMultipleActiveAdapters",
+    "TestRequiresGrad",
+    "TestPeftFsdpStateDict",
+    "TestMixedAdapterBatches",
+)
 CASE_PARAMS = {
+    "config",
     "config0",
+    "config1",
     "test_name",
     "model_id",
     "config_cls",
@@ -141,6 +149,16 @@ LORA_CONTROLS = (
     "Embedding + transformers Conv1D 1 DoRA",
 )
 MULTI_CONTROLS = ("LoRA Same", "LoRA Different")
+# PEFT's mixed adapter batch rows (``adapter_names=``, ``TestMixedAdapterBatches``) that HoRA and DoRAN mirror: those
+# on its MLPs. The others adapt an Embedding, a Conv2d or a MultiheadAttention, which hora does not adapt.
+MIXED_CONTROLS = (
+    "LoRA mixed adapter",
+    "LoRA mixed adapter with different target layers",
+    "LoRA mixed adapter with modules to save",
+    "LoRA mixed adapter with unsupported layer",
+    "LoRA mixed adapter with overlapping layers",
+    "LoRA mixed batch wrong adapter name",
+)
 
 
 def _mirrors(method: str, config_cls: type) -> list[Case]:
@@ -217,6 +235,22 @@ def build_multi_cases() -> list[Case]:
     cases.append(Case("DoRAN Same static + channel tau", "DoRAN", "doran", hora.DoranConfig,
                       {**base, "use_generator": False}, "LoRA Same", {**base, "tau_granularity": "channel"}))  # fmt: skip
     return cases
+
+
+def mixed_mirror(row: tuple, method: str, config_cls: type) -> tuple:
+    """A row of PEFT's mixed-batch tests, ``(name, LoraConfig, ...)``, for HoRA or DoRAN: same targets, rank and
+    ``modules_to_save``, random initialisation (as ``init_lora_weights=False``)."""
+    name, *configs = row
+    mirrored = [
+        config_cls(
+            target_modules=sorted(config.target_modules),
+            modules_to_save=config.modules_to_save,
+            r=config.r,
+            init_weights=False,
+        )
+        for config in configs
+    ]
+    return (name.replace("LoRA", method, 1), *mirrored)
 
 
 # tests that only get a config class: the control is LoraConfig itself
@@ -443,15 +477,20 @@ class ConformancePlugin:
 
         ``parametrize("config_cls", [IA3Config, ..., LoraConfig, ...])`` gets the two classes of ``CLASS_CASES``;
         ``parametrize("config0", [LoraConfig(target_modules=...), ...])`` gets a HoRA and a DoRAN config with the
-        LoRA config's targets, which is then their control.
+        LoRA config's targets, which is then their control; ``parametrize("test_name, config0, config1", [...])``
+        (mixed adapter batches) gets a HoRA and a DoRAN row for every LoRA row of ``MIXED_CONTROLS``.
         """
+        extended: set[int] = set()  # a list shared by several marks (MIXED_ADAPTER_TEST_CASES) grows once
         for class_name in TEST_CLASSES:
             for function in vars(getattr(module, class_name, object)).values():
                 for mark in getattr(function, "pytestmark", []):
                     if mark.name != "parametrize" or len(mark.args) < 2 or not isinstance(mark.args[1], list):
                         continue
                     argnames, values = mark.args[0], mark.args[1]
-                    if argnames == "config_cls" and LoraConfig in values:
+                    if str(argnames).startswith("test_name, config") and id(values) not in extended:
+                        extended.add(id(values))
+                        self._extend_mixed_rows(values)
+                    elif argnames == "config_cls" and LoraConfig in values:
                         values.extend(cls for cls in CLASS_CASES if cls not in values)
                     elif argnames == "config0":
                         lora = next((v for v in values if type(v) is LoraConfig), None)
@@ -469,6 +508,19 @@ class ConformancePlugin:
                                 "LoraConfig instance",
                             )
                             values.append(mirror)
+
+    def _extend_mixed_rows(self, values: list) -> None:
+        """Mirror the ``MIXED_CONTROLS`` rows of a mixed-batch test's list for HoRA and DoRAN, in place."""
+        for row in list(values):
+            if not isinstance(row, tuple) or row[0] not in MIXED_CONTROLS:
+                continue
+            self.cases[row[0]] = Case(row[0], "LoRA", "MLP", LoraConfig, {})
+            for config_cls, (_, method, _) in CLASS_CASES.items():
+                if method == "LoRA":
+                    continue
+                mirror = mixed_mirror(row, method, config_cls)
+                self.cases[mirror[0]] = Case(mirror[0], method, "MLP", config_cls, {}, row[0])
+                values.append(mirror)
 
     def pytest_collectstart(self, collector: Any) -> None:
         import pytest

@@ -9,8 +9,11 @@ import math
 import pytest
 import torch
 from helpers import save_vit, write_image_folder
+from transformers import ViTForImageClassification
 
 import hora
+import hora.methods
+import hora.optim
 from hora import bench
 from hora.cli import main
 from hora.train import TrainConfig
@@ -72,7 +75,9 @@ def test_speed_writes_ratios_to_lora(setup, tmp_path):
     out = tmp_path / "speed"
     report = bench.speed(base, methods=methods, steps=2, warmup=1, batch_size=2, r=4, hyper_hidden=8, out_dir=out)
     saved = json.loads((out / "speed.json").read_text())
-    assert saved["methods"] == methods and saved["device"] == "cpu"
+    device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    assert saved["methods"] == methods and saved["device"] == device  # device="auto"
+    assert saved["precision"] == ("bf16 autocast" if device == "cuda" else "float32") and saved["compiled"] == []
     assert saved["ratios_to_lora"]["lora"] == {"step_time": 1.0, "memory": 1.0, "trainable_params": 1.0}
     for method in methods:
         row = saved["train"][method]
@@ -98,6 +103,50 @@ def test_bench_cli(setup, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["ok"] and summary["metric"] == "accuracy" and set(summary["mean"]["hora"]) == {"1", "2"}
     assert json.loads((tmp_path / "se" / "sample_efficiency.json").read_text())["seeds"] == [0, 1]
+
+
+def test_speed_also_times_compiled_steps(setup, tmp_path, capsys, monkeypatch):
+    base, _ = setup
+    monkeypatch.setattr(hora.optim, "COMPILE_BACKEND", "aot_eager")  # inductor's graph capture, no C++ compiler
+    args = ["bench", "speed", "--base", str(base), "--methods", "lora,hora", "--compile", "lora,hora", "--steps", "1"]
+    args += ["--warmup", "1", "--batch-size", "2", "--rank", "4", "--hyper-hidden", "8", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "s")]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["ok"]
+    saved = json.loads((tmp_path / "s" / "speed.json").read_text())
+    assert saved["compiled"] == ["lora+compile", "hora+compile"] and saved["precision"] == "float32"
+    assert saved["settings"]["compile"] == ["lora", "hora"]
+    assert {name: row["compiled"] for name, row in saved["train"].items()} == {
+        "lora": False,
+        "hora": False,
+        "lora+compile": True,
+        "hora+compile": True,
+    }
+    assert set(saved["ratios_to_compiled_lora"]) == {"lora+compile", "hora+compile"}
+    assert saved["ratios_to_compiled_lora"]["lora+compile"] == {"step_time": 1.0}
+    assert "hora/unmerged" in saved["inference_seconds"] and "hora+compile/unmerged" not in saved["inference_seconds"]
+    with pytest.raises(ValueError, match="1 to compile"):
+        bench.speed(base, methods=["lora"], compile=["lora"], warmup=0)
+
+
+def test_ops_counts_operator_calls_per_step_against_the_references(setup, tmp_path, capsys):
+    base, _ = setup
+    args = ["bench", "ops", "--base", str(base), "--methods", "hora", "--rank", "4", "--hyper-hidden", "8"]
+    assert main([*args, "--out", str(tmp_path / "ops")]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    saved = json.loads((tmp_path / "ops" / "ops.json").read_text())
+    result = saved["results"][str(base)]
+    assert saved["methods"] == ["lora", "hora"] and summary["ratios"] == {str(base): result["ratios"]}
+    counts = result["counts"]
+    assert counts["hora"] > counts["lora"] > 100
+    ratio = counts["hora"] / counts["lora"]
+    assert result["ratios"] == {
+        "hora": {"reference": "lora", "ratio": ratio, "bound": 1.2, "within_bound": ratio <= 1.2}
+    }
+    from hora.bench.ops import count_step_ops
+
+    model, _ = hora.methods.apply_method(ViTForImageClassification.from_pretrained(base), "hora", r=4, hyper_hidden=8)
+    batch = {"pixel_values": torch.randn(1, 3, 16, 16), "labels": torch.tensor([0])}
+    assert count_step_ops(model, batch) == count_step_ops(model, batch) == counts["hora"]  # a count, not a timing
 
 
 def test_reference_models_are_full_size_and_unknown_names_are_explained():

@@ -139,3 +139,28 @@ def test_configs_saved_before_the_scale_load_unscaled(tmp_path):
 def test_bad_scales_are_refused(bad):
     with pytest.raises(ValueError, match="generator_scale"):
         hora.HoraConfig(generator_scale=bad)
+
+
+def test_stacked_generation_is_the_per_projection_generation():
+    """``generate_stacked`` (the generation pass's batched G) gives what ``generate_a`` / ``generate_b`` give, one
+    block and projection at a time, whatever the output scale, with a first layer shared by two stacks."""
+    from hora.generator import BlockGenerator, generate_stacked
+
+    torch.manual_seed(0)
+    blocks = [BlockGenerator(16, share_first_layer=True, output_scale=unit_step_scale(16)) for _ in range(2)]
+    for block in blocks:
+        for projection in ("q", "v"):
+            block.add_projection(projection, 32, 8, generate_a=True, zero_b=False)
+    jobs = [(block, projection) for block in blocks for projection in ("q", "v")]
+    a_seeds = torch.randn(len(jobs), 4, 32)  # (J, r, in)
+    b_seeds = torch.randn(len(jobs), 4, 8)  # (J, rows, hd): rows of columns, as the pass stacks them
+    a_layers = [block.a_layers(projection, 32) for block, projection in jobs]
+    b_layers = [block.b_layers(projection, 8) for block, projection in jobs]
+    assert a_layers[0][0] is a_layers[1][0] and a_layers[0][1] is not a_layers[1][1]  # W1 shared, W2 not
+    scale = blocks[0].output_scale
+    stacked_a = generate_stacked(a_seeds, [f for f, _ in a_layers], [s for _, s in a_layers], scale)
+    stacked_b = generate_stacked(b_seeds, [f for f, _ in b_layers], [s for _, s in b_layers], scale)
+    for j, (block, projection) in enumerate(jobs):
+        torch.testing.assert_close(stacked_a[j], block.generate_a(projection, a_seeds[j]))
+        b_bar = b_seeds[j].T  # B̄ of one head (out = hd = 8, r = 4): the stack's 4 rows are its 4 columns
+        torch.testing.assert_close(stacked_b[j].T, block.generate_b(projection, b_bar, head_dim=8))

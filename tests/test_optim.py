@@ -9,7 +9,16 @@ from itertools import islice
 import pytest
 import torch
 
-from hora.optim import Snapshot, clip_gradients, cosine_schedule, count_tokens, is_cancelled, seeded_batches
+import hora.optim
+from hora.optim import (
+    Snapshot,
+    clip_gradients,
+    compile_model,
+    cosine_schedule,
+    count_tokens,
+    is_cancelled,
+    seeded_batches,
+)
 
 
 def test_cosine_schedule_warms_up_then_decays_to_its_floor():
@@ -52,3 +61,17 @@ def test_small_helpers():
     assert is_cancelled(event)
     assert count_tokens({"input_ids": torch.zeros(2, 5), "attention_mask": torch.tensor([[1, 1, 0, 0, 0]] * 2)}) == 4
     assert count_tokens({"input_ids": torch.zeros(2, 5)}) == 10 and count_tokens({"pixel_values": torch.zeros(1)}) == 0
+
+
+def test_compile_model_shares_the_parameters(monkeypatch):
+    """What the training step calls when compiled: the same parameters (the optimiser's), the same outputs."""
+    monkeypatch.setattr(hora.optim, "COMPILE_BACKEND", "aot_eager")  # inductor needs a C++ compiler
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh())
+    compiled = compile_model(model)
+    assert [p for p in compiled.parameters()] == [p for p in model.parameters()]
+    x = torch.randn(2, 4)
+    compiled(x).sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model(x).sum().backward()
+    assert all(torch.allclose(g, p.grad) for g, p in zip(grads, model.parameters()))

@@ -50,9 +50,10 @@ def test_peft_suite_passes_for_hora_and_doran_where_it_passes_for_lora():
     for method in ("HoRA", "DoRAN"):
         counts = comparison.counts[method]
         assert counts["compared"] > 300 and counts["not run"] == 0, report
-    # every case we mirror reached PEFT's tests
+    # every case we mirror reached PEFT's tests, the mixed adapter batches (`adapter_names=`) included
     cases = {record["case"] for record in run.records.values()}
     expected = {case.name for case in conformance.build_cases() + conformance.build_multi_cases()}
+    expected |= {name.replace("LoRA", method) for name in conformance.MIXED_CONTROLS for method in ("HoRA", "DoRAN")}
     assert expected <= cases, sorted(expected - cases)
     # every reason on the not-applicable list is still about a test PEFT has
     functions = {record["function"] for record in run.records.values()}
@@ -85,6 +86,22 @@ def test_cases_mirror_lora_and_build_valid_configs():
     ]:
         assert wanted in settings, wanted
     assert {case.control for case in multi} == set(conformance.MULTI_CONTROLS)
+
+
+def test_mixed_batch_rows_mirror_loras_targets_rank_and_modules_to_save():
+    lora = (
+        "LoRA mixed adapter with modules to save",
+        LoraConfig(target_modules=["lin0"], modules_to_save=["lin1"], init_lora_weights=False),
+        LoraConfig(target_modules=["lin0", "lin1"], r=16, init_lora_weights=False),
+    )
+    for config_cls, (_, method, _) in conformance.CLASS_CASES.items():
+        if method == "LoRA":
+            continue
+        name, first, second = conformance.mixed_mirror(lora, method, config_cls)
+        assert name == f"{method} mixed adapter with modules to save" and type(first) is type(second) is config_cls
+        assert (set(first.target_modules), first.modules_to_save, first.r) == ({"lin0"}, ["lin1"], 8)
+        assert (set(second.target_modules), second.modules_to_save, second.r) == ({"lin0", "lin1"}, None, 16)
+        assert first.init_weights is False and second.init_weights is False
 
 
 def test_class_cases_work_on_peft_test_models():

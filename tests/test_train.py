@@ -14,6 +14,7 @@ from helpers import TEXT, char_tokenizer, save_gpt2, save_vit, tiny_llama, write
 from safetensors.torch import load_file
 
 import hora
+import hora.optim
 import hora.train as train_module
 from hora.data import load_data
 from hora.runs import load_run
@@ -46,6 +47,16 @@ def llama_base(tmp_path_factory):
 
 
 FAST = {"shots": 3, "steps": 12, "lr": 1e-2, "batch_size": 6, "eval_every": None, "r": 4, "hyper_hidden": 8}
+# Tests that compare a run with a re-evaluation on the CPU, or two runs bit for bit, train on the CPU: on CUDA the
+# engine trains and evaluates under bf16 autocast, and some CUDA kernels are not deterministic.
+ON_CPU = {**FAST, "device": "cpu"}
+
+
+def training_device() -> str:
+    """The device type the engine picks with ``device="auto"`` (``hora.optim.make_accelerator``)."""
+    if torch.cuda.is_available():
+        return "cuda"
+    return "mps" if torch.backends.mps.is_available() else "cpu"
 
 
 def _adapter_tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -97,7 +108,7 @@ def test_text_classification_needs_a_classification_head(tmp_path, image_setup):
 
 def test_same_seed_gives_bit_identical_runs(image_setup, tmp_path):
     base, data = image_setup
-    config = TrainConfig(method="hora", **FAST)
+    config = TrainConfig(method="hora", **ON_CPU)
     first = train(base, data, config, out_dir=tmp_path / "a")
     second = train(base, data, config, out_dir=tmp_path / "b")
     assert first.history["loss"] == second.history["loss"]
@@ -114,7 +125,8 @@ def test_step_events_stream_loss_lr_time_and_metrics(image_setup):
     config = TrainConfig(method="lora", **{**FAST, "steps": 6, "eval_every": 3}, warmup_ratio=0.34)
     train(base, data, config, callback=events.append)
     assert [e.step for e in events] == [1, 2, 3, 4, 5, 6]
-    assert all(e.device == "cpu" and e.step_time > 0 and e.examples_per_s > 0 for e in events)
+    assert all(torch.device(e.device).type == training_device() for e in events)
+    assert all(e.step_time > 0 and e.examples_per_s > 0 for e in events)
     assert [e.metrics is not None for e in events] == [False, False, True, False, False, True]
     assert set(events[2].metrics) == {"accuracy", "loss"}
     assert events[0].lr < events[1].lr  # warm-up ...
@@ -139,7 +151,7 @@ def test_cancel_returns_and_saves_a_usable_adapter(image_setup, tmp_path):
 
     out = tmp_path / "run"
     result = train(
-        base, data, TrainConfig(method="hora", **FAST), out_dir=out, callback=stop_after_three, cancel=cancel
+        base, data, TrainConfig(method="hora", **ON_CPU), out_dir=out, callback=stop_after_three, cancel=cancel
     )
     assert result.stopped == "cancelled" and result.metrics["steps_done"] == 3
     assert "Cancelled after 3" in result.message
@@ -169,7 +181,7 @@ def test_huge_learning_rate_stops_with_a_message_and_finite_weights(image_setup,
 
 def test_injected_nan_keeps_the_last_good_weights(image_setup, tmp_path, monkeypatch):
     base, data = image_setup
-    config = TrainConfig(method="hora", **FAST)
+    config = TrainConfig(method="hora", **ON_CPU)
     # reference: the weights after two steps, from a run cancelled there
     cancel = threading.Event()
     train(base, data, config, out_dir=tmp_path / "two", callback=lambda e: e.step == 2 and cancel.set(), cancel=cancel)
@@ -218,14 +230,14 @@ def test_clear_errors(image_setup, tmp_path):
 def test_keep_best_ends_with_the_best_evaluations_weights(image_setup, tmp_path):
     base, data = image_setup
     # a learning rate that wrecks the model after its first steps: the best evaluation is an early one
-    config = TrainConfig(method="lora", **{**FAST, "lr": 0.5, "eval_every": 2, "steps": 10}, keep_best=True)
+    config = TrainConfig(method="lora", **{**ON_CPU, "lr": 0.5, "eval_every": 2, "steps": 10}, keep_best=True)
     result = train(base, data, config, out_dir=tmp_path / "best")
     best = result.best
     assert best["step"] < 10, "the test needs a run whose best evaluation is not its last"
     assert result.metrics["kept_step"] == best["step"] and result.final == {k: best[k] for k in ("accuracy", "loss")}
     model, task, run = load_run(base, tmp_path / "best")
     assert evaluate(model, load_data(data), task, indices=run["split"]["eval"]) == pytest.approx(result.final)
-    plain = train(base, data, TrainConfig(method="lora", **{**FAST, "lr": 0.5, "eval_every": 2, "steps": 10}))
+    plain = train(base, data, TrainConfig(method="lora", **{**ON_CPU, "lr": 0.5, "eval_every": 2, "steps": 10}))
     assert plain.metrics["kept_step"] == 10 and plain.final["accuracy"] <= result.final["accuracy"]
 
 
@@ -233,3 +245,22 @@ def test_image_size_overrides_the_bases(image_setup):
     base, data = image_setup
     result = train(base, data, TrainConfig(method="head", **{**FAST, "steps": 2}, image_size=8))
     assert result.task.image_size == 8 and result.metrics["preprocessing"]["image_size"] == 8
+
+
+@pytest.mark.slow
+def test_compile_runs_the_training_step_through_torch_compile(image_setup, monkeypatch):
+    """``compile=True``: the step calls the model compiled (the same parameters, so the same losses), and what is
+    returned and saved is the plain PEFT model. The backend is aot_eager here, whose graph capture and autograd are
+    inductor's, with no C++ compiler needed."""
+    base, data = image_setup
+    monkeypatch.setattr(hora.optim, "COMPILE_BACKEND", "aot_eager")
+    compiled_with, real_compile = [], torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: compiled_with.append(kw) or real_compile(model, **kw))
+    config = TrainConfig(method="hora", **{**ON_CPU, "steps": 3})
+    eager = train(base, data, config)
+    assert compiled_with == []
+    compiled = train(base, data, config, compile=True)
+    assert compiled_with == [{"backend": "aot_eager"}]
+    assert compiled.metrics["config"]["compile"] is True and isinstance(compiled.model, peft.PeftModel)
+    assert compiled.history["loss"] == pytest.approx(eager.history["loss"], rel=1e-4)
+    assert compiled.final == pytest.approx(eager.final, rel=1e-4)

@@ -298,3 +298,46 @@ def test_the_factor_cache_follows_inference_mode_as_lora_does(method):
     torch.testing.assert_close(logits.detach(), first.clone())
     with torch.inference_mode():  # and the cache still serves inference
         torch.testing.assert_close(model(pixel_values=x).logits, first)
+
+
+# --- mixed adapter batches: PEFT's `adapter_names=` ---
+
+
+@pytest.mark.parametrize("method", ["hora", "doran", "doran-static"])
+def test_mixed_adapter_batches_in_forward_and_generate(method):
+    """Row i gets adapter ``adapter_names[i]`` ("__base__": none), in ``forward`` and in ``generate`` with beam search,
+    exactly as running each adapter on its own (PEFT's own mixed-batch tests run on its MLPs in the conformance
+    suite; this is the transformers path, with a cache and repeated inner forwards)."""
+    model = peft.get_peft_model(BUILDERS["llama"](), CONFIGS[method](init_weights=False), adapter_name="a0").eval()
+    model.add_adapter("a1", CONFIGS[method](init_weights=False))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "magnitude" in name:
+                param.mul_(1.0 + 0.2 * torch.rand_like(param))
+    ids = torch.randint(1, 64, (6, 8), generator=torch.Generator().manual_seed(3))
+    names = ["__base__", "a0", "a1"] * 2
+    generation = {"max_new_tokens": 5, "do_sample": False, "num_beams": 2}
+    with torch.inference_mode():
+        mixed = model(input_ids=ids, adapter_names=names).logits
+        mixed_ids = model.generate(input_ids=ids, adapter_names=names, **generation)
+        with model.disable_adapter():
+            alone = {"__base__": (model(input_ids=ids).logits, model.generate(input_ids=ids, **generation))}
+        for adapter in ("a0", "a1"):
+            model.set_adapter(adapter)
+            alone[adapter] = (model(input_ids=ids).logits, model.generate(input_ids=ids, **generation))
+    for other in ("__base__", "a1"):  # the three rows' models differ, in logits and in what they generate
+        assert not torch.allclose(alone["a0"][0], alone[other][0]) and not torch.equal(alone["a0"][1], alone[other][1])
+    for i, adapter in enumerate(names):
+        torch.testing.assert_close(mixed[i], alone[adapter][0][i], rtol=1e-5, atol=1e-5)
+        assert torch.equal(mixed_ids[i], alone[adapter][1][i]), adapter
+
+
+def test_mixed_adapter_batches_refuse_training_and_unknown_names():
+    model = peft.get_peft_model(BUILDERS["llama"](), CONFIGS["hora"](init_weights=False))
+    ids = torch.randint(1, 64, (2, 8))
+    with pytest.raises(ValueError, match="training mode"):
+        model.train()(input_ids=ids, adapter_names=["default", "__base__"])
+    with pytest.raises(ValueError, match="non-existing adapter"):
+        model.eval()(input_ids=ids, adapter_names=["default", "nope"])
+    with pytest.raises(ValueError, match="Length of `adapter_names`"):
+        model(input_ids=ids, adapter_names=["default"])

@@ -1,7 +1,9 @@
 """Benchmarks, each a ``python -m hora bench ...`` command that measures side by side in one run:
 
 - ``sample_efficiency``: held-out metric against training-set size, every method, 95% intervals over seeds;
-- ``speed``: training step time, memory and inference latency of HoRA and DoRAN against PEFT's LoRA and DoRA;
+- ``speed``: training step time, memory and inference latency of HoRA and DoRAN against PEFT's LoRA and DoRA,
+  eager and through ``torch.compile``;
+- ``ops``: operator calls per training step, HoRA against LoRA and DoRAN against DoRA (what a launch-bound GPU pays);
 - ``side_by_side`` (``bench side-by-side``): several adapters in one forward pass (``hora.mixed``) vs one call each;
 - ``coldstart`` (``bench cold-start``) and ``load`` (``bench load``): the explorer started in a fresh process and
   driven from outside, by headless Chromium and by concurrent ``gradio_client`` users.
@@ -17,6 +19,7 @@ warm-up), so slow drifts of the machine hit every method alike.
 """
 
 from hora.bench import side_by_side
+from hora.bench.ops import ops, ops_table
 from hora.bench.sample_efficiency import sample_efficiency
 from hora.bench.speed import REFERENCE_MODELS, reference_model, speed, speed_table
 from hora.bench.stats import mean_ci, t_quantile_975
@@ -25,6 +28,8 @@ from hora.bench.stats import mean_ci, t_quantile_975
 __all__ = [
     "REFERENCE_MODELS",
     "mean_ci",
+    "ops",
+    "ops_table",
     "reference_model",
     "sample_efficiency",
     "side_by_side",

@@ -16,6 +16,7 @@ from torch import nn
 from hora.bench.report import plotly_go, write_report
 from hora.loaders import load_base
 from hora.methods import METHODS, apply_method, check_method
+from hora.optim import compile_model
 
 
 REFERENCE_MODELS = {
@@ -168,6 +169,17 @@ def _adapted(base_model: nn.Module, methods: Sequence[str], batch: dict, device:
     return models, optimizers, info
 
 
+def _compiled(models: dict, info: dict, methods: Sequence[str]) -> tuple[dict, dict, dict]:
+    """``<method>+compile``: a copy of each method's model run through ``torch.compile``, with its own optimiser."""
+    compiled, optimizers, rows = {}, {}, {}
+    for method in methods:
+        model = copy.deepcopy(models[method])
+        optimizers[method] = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+        compiled[method] = compile_model(model)
+        rows[method] = {**info[method], "compiled": True}
+    return compiled, optimizers, rows
+
+
 def _round_robin(run: dict[str, Any], rounds: int, warmup: int) -> dict[str, list]:
     """``run[name]()`` for every name in turn, ``warmup + rounds`` times; the results of the timed rounds."""
     results: dict[str, list] = {name: [] for name in run}
@@ -191,6 +203,7 @@ def speed(
     hyper_hidden: int = 16,
     match_params: bool = False,
     device: str = "auto",
+    compile: Sequence[str] = (),
     out_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Training step time and memory of each method, and inference latency unmerged, merged and of the
@@ -200,12 +213,17 @@ def speed(
     medians of the next ``steps`` are reported, with ratios to LoRA (training) and to the base model
     (inference). Memory: on CUDA the measured peak of a step above what was allocated before it; on every
     device the activations saved for backward plus gradients and AdamW state of the trainable parameters.
+    ``compile`` names methods whose training step is also timed through ``torch.compile`` (rows
+    ``<method>+compile``, with ratios to ``lora+compile`` when LoRA is one of them); their first (warm-up) round
+    compiles.
     """
     methods = [check_method(m) for m in methods]
+    compile = [check_method(m) for m in compile]
     if "lora" not in methods:
         methods = ["lora", *methods]  # the reference of every ratio
-    if steps < 1 or warmup < 0:
-        raise ValueError(f"steps must be >= 1 and warmup >= 0, got {steps} and {warmup}.")
+    methods += [m for m in compile if m not in methods]
+    if steps < 1 or warmup < 0 or (compile and warmup < 1):
+        raise ValueError(f"steps must be >= 1 and warmup >= 0 (1 to compile), got {steps} and {warmup}.")
     dev = torch.device("cpu") if device == "cpu" else _auto_device()
     torch.manual_seed(0)
     base_model, kind = _base_model(base, dev)
@@ -214,9 +232,12 @@ def speed(
     models, optimizers, info = _adapted(
         base_model, methods, batch, dev, r=r, hyper_hidden=hyper_hidden, match_params=match_params
     )
-    timings = _round_robin(
-        {m: (lambda m=m: _train_step(models[m], optimizers[m], batch, dev)) for m in methods}, steps, warmup
-    )
+    step_of = {m: (lambda m=m: _train_step(models[m], optimizers[m], batch, dev)) for m in methods}
+    compiled, compiled_optimizers, compiled_info = _compiled(models, info, compile)
+    for m in compile:
+        step_of[f"{m}+compile"] = lambda m=m: _train_step(compiled[m], compiled_optimizers[m], batch, dev)
+        info[f"{m}+compile"] = compiled_info[m]
+    timings = _round_robin(step_of, steps, warmup)
     # inference: the same adapters unmerged, merged into a copy of the base, and the base alone
     variants: dict[str, nn.Module] = {"base": base_model}
     for method in methods:
@@ -225,13 +246,15 @@ def speed(
     latencies = _round_robin({n: (lambda m=m: _infer(m, batch, dev)) for n, m in variants.items()}, steps, warmup)
 
     train_rows = {}
-    for method in methods:
-        peaks = [t["peak_bytes"] for t in timings[method] if "peak_bytes" in t]
-        row = {**info[method], "step_seconds": statistics.median(t["seconds"] for t in timings[method])}
+    for name, measured in timings.items():
+        peaks = [t["peak_bytes"] for t in measured if "peak_bytes" in t]
+        row = {"compiled": False, **info[name], "step_seconds": statistics.median(t["seconds"] for t in measured)}
         row["peak_step_bytes"] = max(peaks) if peaks else None
-        train_rows[method] = row
+        train_rows[name] = row
     inference = {name: statistics.median(values) for name, values in latencies.items()}
     report = _speed_report(base, dev, methods, train_rows, inference)
+    report["precision"] = "bf16 autocast" if dev.type == "cuda" else "float32"
+    report["compiled"] = [f"{m}+compile" for m in compile]
     report["settings"] = {
         "steps": steps,
         "warmup": warmup,
@@ -241,6 +264,7 @@ def speed(
         "hyper_hidden": hyper_hidden,
         "match_params": match_params,
         "bf16_autocast": dev.type == "cuda",
+        "compile": compile,
         "torch_threads": torch.get_num_threads(),
     }
     if out_dir is not None:
@@ -260,6 +284,12 @@ def _speed_report(base, dev: torch.device, methods: list[str], train_rows: dict,
         }
         for m, row in train_rows.items()
     }
+    compiled_lora = train_rows.get("lora+compile")
+    compiled_ratios = {
+        m: {"step_time": row["step_seconds"] / compiled_lora["step_seconds"]}
+        for m, row in train_rows.items()
+        if compiled_lora is not None and row["compiled"]
+    }
     return {
         "benchmark": "speed",
         "base_model": os.fspath(base),
@@ -271,6 +301,7 @@ def _speed_report(base, dev: torch.device, methods: list[str], train_rows: dict,
         else "estimate: activations saved for backward + gradients + AdamW state of the trainable parameters",
         "train": train_rows,
         "ratios_to_lora": ratios,
+        "ratios_to_compiled_lora": compiled_ratios,
         "inference_seconds": inference,
         "inference_ratios_to_base": {name: seconds / inference["base"] for name, seconds in inference.items()},
     }
@@ -287,17 +318,24 @@ def _auto_device() -> torch.device:
 def speed_table(report: dict) -> str:
     """A plain-text table of a ``speed`` report."""
     header = ("method", "r", "params", "step ms", "x LoRA", "mem x LoRA", "unmerged ms", "merged ms")
-    lines = ["{:<8} {:>4} {:>10} {:>9} {:>7} {:>10} {:>12} {:>10}".format(*header)]
+    lines = ["{:<13} {:>4} {:>10} {:>9} {:>7} {:>10} {:>12} {:>10}".format(*header)]
+    latency = report["inference_seconds"]
     for method, row in report["train"].items():
         ratio = report["ratios_to_lora"][method]
         memory = f"{ratio['memory']:.2f}" if ratio["memory"] is not None else "-"
-        unmerged = report["inference_seconds"][f"{method}/unmerged"] * 1000
-        merged = report["inference_seconds"][f"{method}/merged"] * 1000
-        lines.append(
-            f"{method:<8} {row['r'] or '-':>4} {row['trainable_params']:>10,} {row['step_seconds'] * 1000:>9.2f} "
-            f"{ratio['step_time']:>7.2f} {memory:>10} {unmerged:>12.2f} {merged:>10.2f}"
+        unmerged, merged = (
+            f"{latency[f'{method}/{kind}'] * 1000:.2f}" if f"{method}/{kind}" in latency else "-"
+            for kind in ("unmerged", "merged")
         )
-    lines.append(f"base model inference: {report['inference_seconds']['base'] * 1000:.2f} ms ({report['device']})")
+        lines.append(
+            f"{method:<13} {row['r'] or '-':>4} {row['trainable_params']:>10,} {row['step_seconds'] * 1000:>9.2f} "
+            f"{ratio['step_time']:>7.2f} {memory:>10} {unmerged:>12} {merged:>10}"
+        )
+    for method, ratio in report.get("ratios_to_compiled_lora", {}).items():
+        lines.append(f"{method}: {ratio['step_time']:.2f}x lora+compile's step")
+    lines.append(
+        f"base model inference: {latency['base'] * 1000:.2f} ms ({report['device']}, {report.get('precision', '')})"
+    )
     return "\n".join(lines)
 
 
@@ -305,7 +343,7 @@ def _speed_figure(report: dict) -> Any | None:
     go = plotly_go()
     if go is None:
         return None
-    methods = report["methods"]
+    methods = list(report["ratios_to_lora"])  # with the compiled rows
     fig = go.Figure()
     fig.add_trace(go.Bar(name="step time", x=methods, y=[report["ratios_to_lora"][m]["step_time"] for m in methods]))
     fig.add_trace(go.Bar(name="memory", x=methods, y=[report["ratios_to_lora"][m]["memory"] for m in methods]))

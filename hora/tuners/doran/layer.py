@@ -11,7 +11,7 @@ from torch import nn
 
 from hora.generator import BlockGenerator
 from hora.geometry import HeadLayout
-from hora.tuners.hora.layer import GeneratedFactorsLayer
+from hora.tuners.hora.layer import GeneratedFactorsLayer, cast_input
 
 
 def tau_from_raw(raw: torch.Tensor) -> torch.Tensor:
@@ -67,10 +67,17 @@ class DoranLayer(GeneratedFactorsLayer):
         """τ of one adapter, (1,) or (out,)."""
         return tau_from_raw(self.doran_tau_raw[adapter])
 
-    def _row_scale(self, adapter: str, w0: torch.Tensor) -> torch.Tensor:
-        """m / (‖W0 + s·BA‖_c + τ), (out,). ``w0`` is the unmerged base weight, (out, in)."""
-        v = w0.to(self.doran_magnitude[adapter].dtype) + self._generated_weight(adapter)
-        norm = v.norm(dim=1)
+    def _adapted_weight(self, adapter: str, w0: torch.Tensor, factors: tuple | None = None) -> torch.Tensor:
+        """V = W0 + s·BA, (out, in), at least in the magnitude's precision. ``w0``: the unmerged base weight."""
+        A, B = self.factors(adapter) if factors is None else factors
+        magnitude = self.doran_magnitude[adapter]
+        w0 = w0 if w0.dtype == magnitude.dtype else w0.to(magnitude.dtype)
+        return torch.add(w0, B @ A, alpha=self.scaling[adapter])
+
+    def _row_scale(self, adapter: str, w0: torch.Tensor, factors: tuple | None = None) -> torch.Tensor:
+        """m / (‖W0 + s·BA‖_c + τ), (out,). ``w0`` is the unmerged base weight, (out, in); ``factors`` the (A, B)
+        to use (default: the layer's own, ``factors``)."""
+        norm = self._adapted_weight(adapter, w0, factors).norm(dim=1)
         if self.detach_norm[adapter]:
             norm = norm.detach()
         return self.doran_magnitude[adapter] / (norm + self.tau(adapter))
@@ -78,8 +85,7 @@ class DoranLayer(GeneratedFactorsLayer):
     def effective_magnitude(self, adapter: str) -> torch.Tensor:
         """m' = m·‖V‖/(‖V‖ + τ): the magnitude of the plain DoRA adapter that equals this DoRAN adapter."""
         w0 = self._unmerged_base_weight()
-        v = w0.to(self.doran_magnitude[adapter].dtype) + self._generated_weight(adapter)
-        return self._row_scale(adapter, w0) * v.norm(dim=1)
+        return self._row_scale(adapter, w0) * self._adapted_weight(adapter, w0).norm(dim=1)
 
     def delta_weight_out_in(self, adapter: str) -> torch.Tensor:
         w0 = self._unmerged_base_weight()
@@ -142,13 +148,13 @@ class DoranLinear(nn.Module, DoranLayer):
 
     def _apply_adapter(self, adapter: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
         bias = self.get_base_layer().bias
-        A, B = self.factors(adapter)  # (r, in), (out, r)
-        scale = self._row_scale(adapter, self._base_weight())  # (out,)
-        h = self.doran_dropout[adapter](x.to(A.dtype))
-        low_rank = F.linear(F.linear(h, A), B) * self.scaling[adapter]  # (..., out)
+        factors = A, B = self._forward_factors(adapter)  # (r, in), (out, r)
+        scale = self._row_scale(adapter, self._base_weight(), factors)  # (out,)
+        h = self.doran_dropout[adapter](cast_input(x, A))
+        low_rank = F.linear(F.linear(h, A), B)  # (..., out)
         # W'x + b = scale ⊙ (W0 x + s·BAx) + b, with W0 x = result − b
         plain = result if bias is None else result - bias
-        adapted = scale * (plain.to(scale.dtype) + low_rank)
+        adapted = scale * torch.add(plain, low_rank, alpha=self.scaling[adapter])
         return adapted if bias is None else adapted + bias
 
     def __repr__(self) -> str:

@@ -25,6 +25,14 @@ def in_out_features(base_layer: nn.Module) -> tuple[int, int]:
     raise TypeError(f"hora adapts torch.nn.Linear and transformers' Conv1D modules, not {type(base_layer).__name__}.")
 
 
+def cast_input(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x`` in the adapter's dtype, as PEFT's LoRA casts it; under autocast it is left as it is, since autocast
+    casts both operands of the next matmul anyway (casting first would be a round trip, e.g. bf16 -> fp32 -> bf16)."""
+    if x.dtype == weight.dtype or torch.is_autocast_enabled(x.device.type):
+        return x
+    return x.to(weight.dtype)
+
+
 class GeneratedFactorsLayer(BaseTunerLayer):
     """Shared mechanics of HoRA and DoRAN layers: seeds, the generator reference and the factor cache.
 
@@ -43,6 +51,8 @@ class GeneratedFactorsLayer(BaseTunerLayer):
         self.layouts: dict[str, HeadLayout] = {}
         self._generators: dict[str, tuple[BlockGenerator | None, str]] = {}  # adapter -> (generator, projection)
         self._factor_cache: dict[str, tuple[tuple, tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._factor_pass: Any = None  # the tuner's FactorPass (hora.tuners.hora.factor_pass), set on injection
+        self._pass_factors: dict[str, dict[str, torch.Tensor]] = {}  # adapter -> {"A", "B"} from the open pass
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
         self.kwargs = kwargs
@@ -100,7 +110,7 @@ class GeneratedFactorsLayer(BaseTunerLayer):
         if generator is None:  # static factors
             return a_seed, b_seed
         params = (a_seed, b_seed, *generator.parameters())
-        cacheable = not self.training and not (torch.is_grad_enabled() and any(p.requires_grad for p in params))
+        cacheable = not self.training and not self._needs_grad(adapter)
         if cacheable:
             # factors made under inference_mode are inference tensors, unusable by autograd afterwards: a cache
             # entry only serves the mode it was made in (as PEFT's LoRA, which caches nothing, works in both)
@@ -115,6 +125,26 @@ class GeneratedFactorsLayer(BaseTunerLayer):
         else:
             self._factor_cache.pop(adapter, None)
         return A, B
+
+    def _forward_factors(self, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, B) for this layer's forward: from the tuner's generation pass while the adapted model's forward runs
+        and the factors need a gradient (``hora.tuners.hora.factor_pass``), else the layer's own ``factors``."""
+        if self._generators[adapter][0] is None or not (self.training or self._needs_grad(adapter)):
+            return self.factors(adapter)  # static, or the inference cache
+        slot = self._pass_factors.get(adapter)
+        if slot is None and self._factor_pass is not None and self._factor_pass.generate(adapter):
+            slot = self._pass_factors.get(adapter)
+        if slot is None:  # called outside the model's forward, or under gradient checkpointing
+            return self.factors(adapter)
+        return slot.get("A", self.A_seed[adapter]), slot["B"]
+
+    def _needs_grad(self, adapter: str) -> bool:
+        """Whether the adapter's factors need a gradient now (its seeds or its block generator)."""
+        if not torch.is_grad_enabled():
+            return False
+        generator = self._generators[adapter][0]
+        generated = generator.parameters() if generator is not None else ()
+        return any(p.requires_grad for p in (self.A_seed[adapter], self.B_seed[adapter], *generated))
 
     def _generated_weight(self, adapter: str) -> torch.Tensor:
         """ΔW in (out, in) orientation."""
@@ -162,18 +192,50 @@ class GeneratedFactorsLayer(BaseTunerLayer):
         self._merge_with(adapter_names, safe_merge)
 
     def _forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """Base output, then each active adapter's contribution (``_apply_adapter``), or the merged weight."""
+        """Base output, then each active adapter's contribution (``_apply_adapter``), or the merged weight; with
+        ``adapter_names`` (PEFT's mixed batches) each row gets the adapter it names."""
+        self._check_forward_args(x, *args, **kwargs)
+        adapter_names = kwargs.pop("adapter_names", None)
         if self.disable_adapters:
             if self.merged:
                 self.unmerge()
             return self.base_layer(x, *args, **kwargs)
+        if adapter_names is not None:
+            return self._mixed_batch_forward(x, *args, adapter_names=adapter_names, **kwargs)
         result = self.base_layer(x, *args, **kwargs)
         if self.merged:
             return result
         result_dtype = result.dtype
         for adapter in self.active_adapters:
             if adapter in self.A_seed:
-                result = self._apply_adapter(adapter, x, result).to(result_dtype)
+                result = self._apply_adapter(adapter, x, result)
+        return result.to(result_dtype)
+
+    def _check_forward_args(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        """PEFT's checks of ``adapter_names`` (as LoRA's): one name per row, and no merged adapter."""
+        adapter_names = kwargs.get("adapter_names")
+        if adapter_names is None:
+            return
+        if len(x) != len(adapter_names):
+            raise ValueError(
+                "Length of `adapter_names` should be the same as the number of inputs, but got "
+                f"{len(adapter_names)} and {len(x)} respectively."
+            )
+        if self.merged:
+            raise ValueError(
+                "Cannot pass `adapter_names` when there are merged adapters, please call `unmerge_adapter` first."
+            )
+
+    def _mixed_batch_forward(
+        self, x: torch.Tensor, *args: Any, adapter_names: list[str], **kwargs: Any
+    ) -> torch.Tensor:
+        """Row i gets adapter ``adapter_names[i]`` (``"__base__"``, or an adapter this layer lacks: none)."""
+        result = self.base_layer(x, *args, **kwargs)
+        for adapter in dict.fromkeys(adapter_names):  # each adapter once, in order of appearance
+            if adapter == "__base__" or adapter not in self.A_seed:
+                continue
+            rows = [i for i, name in enumerate(adapter_names) if name == adapter]
+            result[rows] = self._apply_adapter(adapter, x[rows], result[rows]).to(result.dtype)
         return result
 
     def _apply_adapter(self, adapter: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
@@ -243,9 +305,9 @@ class HoraLinear(nn.Module, HoraLayer):
         return self._forward(x, *args, **kwargs)
 
     def _apply_adapter(self, adapter: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
-        A, B = self.factors(adapter)  # (r, in), (out, r)
-        h = self.hora_dropout[adapter](x.to(A.dtype))
-        return result + (F.linear(F.linear(h, A), B) * self.scaling[adapter]).to(result.dtype)
+        A, B = self._forward_factors(adapter)  # (r, in), (out, r)
+        h = self.hora_dropout[adapter](cast_input(x, A))
+        return torch.add(result, F.linear(F.linear(h, A), B), alpha=self.scaling[adapter])
 
     def __repr__(self) -> str:
         return "hora." + super().__repr__()

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from peft.utils import UPCAST_DTYPES
+from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 from transformers.pytorch_utils import Conv1D
 
 from hora.generator import GeneratorBank
 from hora.geometry import DEFAULT_TARGET_MODULES, projection_key, resolve_layout
+from hora.tuners.hora.factor_pass import FactorPass
 from hora.tuners.hora.layer import GeneratedFactorsLayer, HoraLayer, HoraLinear, in_out_features
 
 
@@ -31,6 +36,13 @@ class GeneratedFactorsModel(BaseTuner):
     # the generators are adapter state outside the adapted modules, as VeRA's shared projections are: PEFT's
     # `inject_adapter_in_model` (which returns the bare model and drops the tuner) must refuse, not lose them
     uses_shared_state = True
+
+    @property
+    def factor_pass(self) -> FactorPass:
+        """The generation pass of this tuner's layers: their factors in batched operations, once per forward."""
+        if "_factor_pass" not in self.__dict__:
+            self.__dict__["_factor_pass"] = FactorPass()
+        return self.__dict__["_factor_pass"]
 
     @property
     def generator_banks(self) -> nn.ModuleDict:
@@ -83,6 +95,8 @@ class GeneratedFactorsModel(BaseTuner):
             if adapter_name not in self.active_adapters:
                 new_module.requires_grad_(False)
             self._replace_module(parent, target_name, new_module, target)
+            target = new_module
+        target._factor_pass = self.factor_pass
 
     # generators live outside the layers (and outside the wrapped model), so the adapter bookkeeping PEFT does on the
     # layers and on the model must reach them too
@@ -106,6 +120,7 @@ class GeneratedFactorsModel(BaseTuner):
         finally:
             for param, requires_grad in before.items():
                 param.requires_grad_(requires_grad)
+        self.factor_pass.attach(model)  # the layers changed: the pass finds them again
 
     def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
         """Cast an adapter's weights as PEFT casts LoRA's: half precision (and float8) up to float32.
@@ -138,6 +153,40 @@ class GeneratedFactorsModel(BaseTuner):
         super().delete_adapter(adapter_name)
         if adapter_name in self.generator_banks:
             del self.generator_banks[adapter_name]
+        self.factor_pass.refresh()
+
+    def _unload_and_optionally_merge(self, *args: Any, **kwargs: Any) -> nn.Module:
+        self.factor_pass.detach()  # the unloaded model goes back without the pass's hooks
+        return super()._unload_and_optionally_merge(*args, **kwargs)
+
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:
+        """PEFT's mixed adapter batches, as LoRA has them: ``model(x, adapter_names=[...])`` (and ``generate``) gives
+        row i the adapter ``adapter_names[i]``, or none for ``"__base__"``. The names reach every layer (and every
+        ``modules_to_save`` wrapper) as a forward keyword, through pre-forward hooks that last one call."""
+        adapter_names = kwargs.pop("adapter_names", None)
+        if adapter_names is None:
+            yield
+            return
+        if self.training:
+            raise ValueError("Cannot pass `adapter_names` when the model is in training mode.")
+        known = set().union(*(m.A_seed.keys() for m in self.modules() if isinstance(m, self.tuner_layer_cls)))
+        unknown = {name for name in adapter_names if name != "__base__"} - known
+        if unknown:
+            raise ValueError(f"Trying to infer with non-existing adapter(s): {', '.join(sorted(unknown))}")
+        names = list(adapter_names)
+        num_beams = kwargs.get("num_beams")
+        if isinstance(num_beams, int) and num_beams > 1:  # beam search repeats every row num_beams times
+            names = [name for name in adapter_names for _ in range(num_beams)]
+        handles = _add_names_hooks(self.model, names)
+        encoder = _get_encoder(self.model)
+        if encoder is not None and names != list(adapter_names):
+            handles += _add_names_hooks(encoder, list(adapter_names))  # the encoder sees each row once
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
     @classmethod
     def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
@@ -146,6 +195,26 @@ class GeneratedFactorsModel(BaseTuner):
         if marker in key:
             return key.replace(marker, f"{cls.generator_attr}.", 1)
         return super()._remove_adapter_name_from_key(key, adapter_name)
+
+
+def _names_hook(module: nn.Module, args: tuple, kwargs: dict, adapter_names: list[str]) -> tuple[tuple, dict]:
+    return args, {**kwargs, "adapter_names": adapter_names}
+
+
+def _add_names_hooks(root: nn.Module, adapter_names: list[str]) -> list[RemovableHandle]:
+    """Pre-forward hooks that pass ``adapter_names`` to every adapted layer and ``modules_to_save`` wrapper."""
+    hook = partial(_names_hook, adapter_names=adapter_names)
+    return [
+        module.register_forward_pre_hook(hook, with_kwargs=True)
+        for module in root.modules()
+        if isinstance(module, (GeneratedFactorsLayer, AuxiliaryTrainingWrapper))
+    ]
+
+
+def _get_encoder(model: nn.Module) -> nn.Module | None:
+    """The encoder of an encoder-decoder model, else None (transformers 5 models return themselves)."""
+    encoder = model.get_encoder() if hasattr(model, "get_encoder") else None
+    return None if encoder is model else encoder
 
 
 class HoraModel(GeneratedFactorsModel):
