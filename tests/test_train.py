@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import peft
@@ -228,17 +229,37 @@ def test_clear_errors(image_setup, tmp_path):
 
 
 def test_keep_best_ends_with_the_best_evaluations_weights(image_setup, tmp_path):
+    """The weights kept are those of the best evaluation, not the last. The evaluations are scripted (``validate``)
+    so that the best is step 4's on any machine; the weights each evaluation saw are recorded to compare."""
     base, data = image_setup
-    # a learning rate that wrecks the model after its first steps: the best evaluation is an early one
-    config = TrainConfig(method="lora", **{**ON_CPU, "lr": 0.5, "eval_every": 2, "steps": 10}, keep_best=True)
-    result = train(base, data, config, out_dir=tmp_path / "best")
-    best = result.best
-    assert best["step"] < 10, "the test needs a run whose best evaluation is not its last"
-    assert result.metrics["kept_step"] == best["step"] and result.final == {k: best[k] for k in ("accuracy", "loss")}
-    model, task, run = load_run(base, tmp_path / "best")
-    assert evaluate(model, load_data(data), task, indices=run["split"]["eval"]) == pytest.approx(result.final)
-    plain = train(base, data, TrainConfig(method="lora", **{**ON_CPU, "lr": 0.5, "eval_every": 2, "steps": 10}))
-    assert plain.metrics["kept_step"] == 10 and plain.final["accuracy"] <= result.final["accuracy"]
+
+    def scripted(scores: list[float], seen: dict[int, dict]):
+        steps = iter([2, 4, 6, 8, 10])
+
+        def validate(model):
+            trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+            seen[next(steps)] = trainable
+            return {"accuracy": scores.pop(0), "loss": 1.0}
+
+        return validate
+
+    config = TrainConfig(method="lora", **{**ON_CPU, "lr": 1e-2, "eval_every": 2, "steps": 10}, keep_best=True)
+    seen: dict[int, dict] = {}
+    result = train(base, data, config, out_dir=tmp_path / "best", validate=scripted([0.5, 0.9, 0.6, 0.4, 0.3], seen))
+    assert result.best["step"] == 4 and result.metrics["kept_step"] == 4 and result.final["accuracy"] == 0.9
+    kept = dict(result.model.named_parameters())
+    assert all(torch.equal(kept[n].detach(), value) for n, value in seen[4].items())
+    assert not all(torch.equal(kept[n].detach(), value) for n, value in seen[10].items())  # training moved on
+    model, _, _ = load_run(base, tmp_path / "best")
+    saved = dict(model.named_parameters())
+    assert all(torch.allclose(saved[n].detach(), value) for n, value in seen[4].items())
+    plain_seen: dict[int, dict] = {}
+    plain = train(
+        base, data, replace(config, keep_best=False), validate=scripted([0.5, 0.9, 0.6, 0.4, 0.3], plain_seen)
+    )
+    plain_weights = dict(plain.model.named_parameters())
+    assert plain.metrics["kept_step"] == 10
+    assert all(torch.equal(plain_weights[n].detach(), value) for n, value in plain_seen[10].items())
 
 
 def test_image_size_overrides_the_bases(image_setup):
