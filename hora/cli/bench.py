@@ -1,0 +1,155 @@
+"""``python -m hora bench ...``: one subcommand per benchmark, its options and how it runs.
+
+Each benchmark's module does the measuring; this module only parses and dispatches. A benchmark whose module
+declares its own options (``hora.bench.commands``: speed and ops; ``hora.bench.side_by_side``) adds them itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from hora.cli.options import add_config_options, add_data_options, csv_list, int_list, train_config
+
+
+def add_bench_parsers(bench: Any) -> None:
+    """``python -m hora bench ...``: one subcommand per benchmark."""
+    p = bench.add_parser("sample-efficiency", help="held-out metric vs shots, seeds and methods, with 95%% CIs")
+    add_data_options(p)
+    add_config_options(p, skip=("method", "shots", "seed"))  # swept by the benchmark
+    p.add_argument("--methods", type=csv_list, default=["lora", "hora"])
+    p.add_argument("--shots", type=int_list, default=[1, 2, 4, 8, 16])
+    p.add_argument("--seeds", type=int, default=5, help="number of seeds (0 .. N-1)")
+    p.add_argument("--out", required=True)
+    from hora.bench import commands
+
+    commands.add_parsers(bench)  # speed, ops
+    p = bench.add_parser(
+        "cold-start", help="the explorer started in a fresh process until headless Chromium can use it"
+    )
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--first", action="store_true", help="also a first-ever start: empty cache, bases converted")
+    p = bench.add_parser("load", help="N concurrent gradio_client users against the explorer on 127.0.0.1")
+    p.add_argument("--users", type=int, default=None, help="default: 16 (--adversarial: 8 well-behaved users)")
+    p.add_argument("--seconds", type=float, default=None, help="default: 120 (--adversarial: 60 per phase)")
+    p.add_argument(
+        "--adversarial",
+        action="store_true",
+        help="the users classify and generate, alone and then while one client floods fine-tunes",
+    )
+    p.add_argument("--flood", type=int, default=80, help="--adversarial: fine-tunes the flooder keeps submitted")
+    p.add_argument("--flood-steps", type=int, default=60, help="--adversarial: steps of each flooded fine-tune")
+    p.add_argument("--port", type=int, default=None, help="default: a free port")
+    p.add_argument("--finetune-users", type=int, default=None, help="default: a quarter of the users")
+    p.add_argument("--finetune-steps", type=int, default=5)
+    p.add_argument("--max-requests", type=int, default=500, help="per user")
+    p.add_argument("--timeout", type=float, default=120.0, help="per request, seconds")
+    p = bench.add_parser(
+        "quant-transfer", help="adapters trained on 4-bit-rounded weights, evaluated on the original ones and back"
+    )
+    p.add_argument("--base", default="lm-shakespeare", help="a Llama-like base: embedded or packaged name, folder")
+    p.add_argument("--data", default=None, help="a text file to adapt to (default: the Folio Hamlet sample)")
+    p.add_argument("--methods", type=csv_list, default=["lora", "hora"])
+    p.add_argument("--seeds", type=int_list, default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--linear", default="Q4_1", help="GGML type of the linear weights' round trip")
+    p.add_argument("--embedding", default="Q8_0", help="GGML type of the embedding's round trip, or none")
+    p.add_argument("--context", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--out", default=None, help="keep the quantised base and the runs here")
+    p = bench.add_parser("step-size", help="how far 1 and 5 AdamW steps move each method's update at the same rate")
+    p.add_argument("--out", required=True, help="the JSON report to write")
+    p = bench.add_parser("variants", help="several adapters of one base: shared module trees vs one swapped model")
+    p.add_argument("--base", required=True, help="a base (embedded or packaged name, folder or Hub repo)")
+    p.add_argument(
+        "--adapters", type=csv_list, required=True, help="one PEFT type, comma-separated (a name may repeat)"
+    )
+    p.add_argument("--rounds", type=int, default=10)
+    from hora.bench.side_by_side import add_parser
+
+    add_parser(bench)
+
+
+def _stderr_line(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+class BenchFailedError(Exception):
+    """A benchmark that ran but measured a failure (requests that failed): its report still goes out."""
+
+    def __init__(self, message: str, report: dict) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def cmd_bench(args: argparse.Namespace) -> dict:
+    from hora import bench
+
+    if args.bench == "cold-start":
+        from hora.bench import coldstart
+
+        report = coldstart.run(args.runs, args.first, log=_stderr_line)
+        return {"command": "bench cold-start", **report}
+    if args.bench == "load":
+        from hora.bench import load
+
+        if args.adversarial:
+            users, seconds = args.users or 8, args.seconds or 60.0
+            report = load.run_adversarial(users, seconds, args.port, args.flood, args.flood_steps, args.timeout)
+        else:
+            users, seconds = args.users or 16, args.seconds or 120.0
+            report = load.run(
+                users, seconds, args.port, args.finetune_users, args.finetune_steps, args.max_requests, args.timeout
+            )
+        print(load.table(report), file=sys.stderr)
+        if report["server_log_tail"]:
+            print("server log (tail):\n" + report["server_log_tail"], file=sys.stderr)
+        if report["failures"]:
+            raise BenchFailedError(f"{report['failures']} requests failed", {"command": "bench load", **report})
+        return {"command": "bench load", **report}
+    if args.bench == "quant-transfer":
+        from hora.bench import quant_transfer
+
+        keys = ("methods", "seeds", "steps", "linear", "context", "batch_size", "lr")
+        embedding = None if args.embedding.lower() == "none" else args.embedding
+        options = {k: getattr(args, k) for k in keys} | {"embedding": embedding, "out_dir": args.out}
+        report = quant_transfer.measure(args.base, args.data, **options, log=_stderr_line)
+        return {"command": "bench quant-transfer", **report}
+    if args.bench == "side-by-side":
+        return bench.side_by_side.run_cli(args, log=_stderr_line)
+    if args.bench == "step-size":
+        from hora.bench import step_size
+        from hora.io import write_atomic
+
+        report = step_size.step_size()
+        write_atomic(args.out, json.dumps(report, indent=1) + "\n")
+        print(step_size.step_size_table(report), file=sys.stderr)
+        return {"command": "bench step-size", "out": args.out, "ratios": report["ratios"]}
+    if args.bench == "variants":
+        from hora.bench import variants
+
+        report = variants.compare_sharing(args.base, args.adapters, rounds=args.rounds)
+        return {"command": "bench variants", **report}
+    if args.bench in ("speed", "ops"):
+        from hora.bench import commands
+
+        return commands.run(args)
+    config = train_config(args, shots=None, seed=0)  # both swept by the benchmark
+    report = bench.sample_efficiency(
+        args.base,
+        args.data,
+        methods=args.methods,
+        shots=args.shots,
+        seeds=list(range(args.seeds)),
+        config=config,
+        out_dir=args.out,
+        progress=True,
+    )
+    means = {m: {s: r["mean"] for s, r in rows.items()} for m, rows in report["results"].items()}
+    return {"command": "bench sample-efficiency", "out": args.out, "metric": report["metric"], "mean": means}
+
+
+__all__ = ["BenchFailedError", "add_bench_parsers", "cmd_bench"]

@@ -1,0 +1,72 @@
+"""The docs' numbers come from the JSON their benchmark wrote: every generated block is what its JSON renders now,
+every benchmark table is a generated block, and a report measured with other settings than today's defaults says so."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import hora
+from hora import docs
+
+
+def test_every_generated_block_is_what_its_json_renders():
+    stale = docs.sync(check=True)
+    assert not stale, f"stale tables in {[str(p.relative_to(docs.ROOT)) for p in stale]}: run `python -m hora docs`"
+
+
+NUMBER = re.compile(r"\d\.\d|\d,\d{3}")
+
+
+def test_every_table_of_numbers_is_generated():
+    """A Markdown table holding measured numbers (decimals, thousands) lies inside a generated block."""
+    typed = []
+    for path in docs.doc_files():
+        text = path.read_text(encoding="utf-8")
+        outside = docs.BLOCK.sub("", text)
+        for line in outside.splitlines():
+            if line.startswith("|") and NUMBER.search(line):
+                typed.append(f"{path.relative_to(docs.ROOT)}: {line[:80]}")
+    assert not typed, "tables typed by hand:\n" + "\n".join(typed)
+
+
+def test_a_block_that_differs_from_its_json_is_stale():
+    block = "<!-- generated: embedded dinov2-small -->\n| typed | by hand |\n<!-- end generated -->"
+    fresh = docs.render_blocks(f"before\n{block}\nafter")
+    assert fresh.startswith("before\n<!-- generated: embedded dinov2-small -->\n| model |") and "| typed" not in fresh
+    assert fresh.endswith("<!-- end generated -->\nafter")
+    assert docs.render_blocks(fresh) == fresh
+    with pytest.raises(ValueError, match="Unknown generated block 'speedd'"):
+        docs.render_blocks("<!-- generated: speedd x -->\n<!-- end generated -->")
+
+
+def test_a_report_measured_with_an_old_default_says_so():
+    today = hora.HoraConfig(r=8).to_dict()  # what a run records
+    assert docs.config_notes([("HoRA r8", today, {})]) == []
+    before = {**today, "generator_scale": 1.0}
+    (note,) = docs.config_notes([("HoRA r8", before, {})])
+    assert "`generator_scale` = 1.0" in note and "'unit_step'" in note
+    legacy = {k: v for k, v in today.items() if k != "generator_scale"}
+    assert "predates the field" in docs.config_notes([("HoRA r8", legacy, {})])[0]
+    chosen = {**today, "generate_a": True}  # "HoRA, A and B generated" sets it on purpose: not a stale default
+    assert docs.config_notes([("HoRA A+B", chosen, {"generate_a": True})]) == []
+    assert "does not record" in docs.config_notes([("HoRA", None, {})])[0]
+
+
+def test_paired_differences_say_which_is_better_only_when_the_interval_excludes_zero():
+    def runs(name, values):
+        return [{"method": name, "shots": 8, "seed": s, "value": v} for s, v in enumerate(values)]
+
+    report = {
+        "results": {"LoRA r8": {}, "HoRA r8, only B generated (default)": {}, "DoRA r8": {}},
+        "shots": [8],
+        "higher_is_better": False,  # a loss: negative differences favour A
+        "runs": runs("LoRA r8", [4.0, 4.1, 4.2])
+        + runs("HoRA r8, only B generated (default)", [4.1, 4.2, 4.31])
+        + runs("DoRA r8", [4.1, 4.0, 4.2]),
+    }
+    rows = {row[0]: row for row in docs.paired_rows(report)}
+    hora_row = rows["HoRA r8, only B generated (default) − LoRA r8"]
+    assert hora_row[2].startswith("+0.103") and hora_row[3] == "LoRA r8 better"
+    assert rows["DoRA r8 − LoRA r8"][3] == "no difference shown"
