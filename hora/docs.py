@@ -213,6 +213,43 @@ def _embedded(base: str) -> str:
 
 _METHOD_ORDER = ["head", "lora", "hora", "dora", "doran"]
 
+PARAM_ROWS = (  # (label, method, extra config fields): the parameter table of docs/methods.md
+    ("LoRA r=8", "lora", {}),
+    ("HoRA r=8, p=16 (default: only B generated)", "hora", {}),
+    ("HoRA r=8, p=16, `generate_a=True`", "hora", {"generate_a": True}),
+    ("HoRA r=8, p=8, `generate_a=True`", "hora", {"generate_a": True, "hyper_hidden": 8}),
+    ("DoRA r=8", "dora", {}),
+    ("DoRAN r=8, p=16", "doran", {}),
+    ("DoRAN r=8, p=16, `share_across_layers=True`", "doran", {"share_across_layers": True}),
+)
+
+
+def _param_counts(model_name: str) -> str:
+    """Trainable adapter parameters of each method on a reference model built from its config on the meta device (no
+    weights: the count is exact and costs nothing), query and value adapted."""
+    import torch
+
+    from hora import cards as hora_cards
+    from hora.bench.speed import reference_model
+    from hora.methods import adapter_param_count, peft_config
+
+    with torch.device("meta"):
+        model, _ = reference_model(model_name)
+    counts = [
+        (name, adapter_param_count(model, peft_config(method, model, r=8, **fields)))
+        for name, method, fields in PARAM_ROWS
+    ]
+    lora = counts[0][1]
+    rows = [[name, f"{n:,}", f"{n / lora:.2f}"] for name, n in counts]
+    return hora_cards.table(["adapter (query + value)", "trainable parameters", "vs LoRA"], rows)
+
+
+def _step_size(_: str) -> str:
+    from hora.bench.step_size import step_size_table
+
+    return step_size_table(_json(ROOT / "assets" / "bench" / "step_size.json"))
+
+
 RENDERERS: dict[str, Callable[[str], str]] = {
     "real-grid": _real_grid,
     "paired": _paired,
@@ -220,6 +257,8 @@ RENDERERS: dict[str, Callable[[str], str]] = {
     "lr-sweep": _lr_sweep,
     "tiny-grid": _tiny_grid,
     "embedded": _embedded,
+    "param-count": _param_counts,
+    "step-size": _step_size,
 }
 
 
