@@ -244,6 +244,30 @@ def _param_counts(model_name: str) -> str:
     return hora_cards.table(["adapter (query + value)", "trainable parameters", "vs LoRA"], rows)
 
 
+def _conformance(_: str) -> str:
+    """PEFT's own test suite run for HoRA and DoRAN with LoRA as the control (``python -m tests.peft_conformance``)."""
+    from hora import cards as hora_cards
+
+    report = _json(ROOT / "assets" / "bench" / "peft_conformance.json")
+    header = ["method", "tests run", "passed", "skipped", "failed", "not applicable", "held to LoRA"]
+    header.append("fail where LoRA passes")
+    rows = []
+    for method, c in report["counts"].items():
+        skipped = c.get("skipped", 0) + c.get("xfailed", 0)
+        cells = [c.get("run", 0), c.get("passed", 0), skipped, c.get("failed", 0)]
+        if method == "LoRA":
+            rows.append(["LoRA (control)", *cells, "—", "—", "—"])
+        else:
+            rows.append([method, *cells, c.get("not applicable", 0), c.get("compared", 0), c.get("regressions", 0)])
+    classes = ", ".join(f"`{c}`" for c in report["test_classes"])
+    lines = [
+        f"PEFT {report['peft']}, `{report['test_file']}` ({classes}), run {report['date']} in {report['seconds']} s:"
+    ]
+    lines += ["", hora_cards.table(header, rows), "", "Not applicable (run, but not compared with LoRA):", ""]
+    lines += [f"- `{name}`: {reason}" for name, reason in report["not_applicable"].items()]
+    return "\n".join(lines)
+
+
 def _step_size(_: str) -> str:
     from hora.bench.step_size import step_size_table
 
@@ -259,6 +283,7 @@ RENDERERS: dict[str, Callable[[str], str]] = {
     "embedded": _embedded,
     "param-count": _param_counts,
     "step-size": _step_size,
+    "conformance": _conformance,
 }
 
 

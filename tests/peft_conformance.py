@@ -17,7 +17,8 @@ merging, disabling, named adapters, dtypes, trainability) over case lists such a
 ``tests/test_peft_conformance.py`` does all that on every ``pytest`` run. From the command line::
 
     python -m tests.peft_conformance            # run and print the comparison
-    python -m tests.peft_conformance --table    # run and print the README's markdown table
+    python -m tests.peft_conformance --table    # run and print the markdown table
+    python -m tests.peft_conformance --summary assets/bench/peft_conformance.json   # what the docs render
 
 It always tests the *installed* peft: to try another release, install it in a fresh venv (``pip install
 peft==X.Y.Z``) and run the same command; ``HORA_PEFT_TESTS_SOURCE=/path/to/peft`` takes the tests from a PEFT
@@ -756,6 +757,22 @@ def format_table(run: Run, comparison: Comparison) -> str:
     return "\n".join(lines)
 
 
+def summary(run: Run, comparison: Comparison) -> dict[str, Any]:
+    """What the docs' conformance table is rendered from (``python -m hora docs``): the counts per method."""
+    return {
+        "benchmark": "peft_conformance",
+        "peft": run.peft,
+        "test_file": f"tests/{TEST_FILE}",
+        "test_classes": list(TEST_CLASSES),
+        "date": time.strftime("%Y-%m-%d"),
+        "seconds": round(run.seconds),
+        "counts": {method: dict(comparison.counts[method]) for method in METHODS},
+        "not_applicable": dict(sorted(NOT_APPLICABLE.items())),
+        "regressions": len(comparison.regressions),
+        "problems": len(comparison.problems),
+    }
+
+
 def format_report(run: Run, comparison: Comparison, limit: int = 60) -> str:
     """Plain-text summary: the table, then every regression and harness problem."""
     text = [format_table(run, comparison)]
@@ -776,11 +793,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", action="store_true", help="print only the markdown table for the README")
     parser.add_argument("--workers", type=int, default=None, help="pytest subprocesses (default: 2 or fewer)")
     parser.add_argument("--json", type=Path, default=None, help="also write every test's record to this file")
+    parser.add_argument("--summary", type=Path, default=None, help="write the counts the docs' table shows (JSON)")
     args = parser.parse_args(argv)
     run = run_conformance(fetch_peft_tests(), workers=args.workers)
     comparison = compare(run)
     if args.json:
         args.json.write_text(json.dumps({"peft": run.peft, "seconds": run.seconds, "records": run.records}, indent=1))
+    if args.summary:
+        args.summary.write_text(json.dumps(summary(run, comparison), indent=1) + "\n")
     print(format_table(run, comparison) if args.table else format_report(run, comparison))
     return 1 if comparison.regressions or comparison.problems else 0
 
