@@ -268,6 +268,34 @@ def _conformance(_: str) -> str:
     return "\n".join(lines)
 
 
+def _answers(base: str) -> str:
+    """The base's and its adapters' precomputed greedy answers to the Compare tab's prompts (its ``asset.json``)."""
+    from hora import cards as hora_cards
+    from hora.assets.common import read_metadata
+
+    generations = read_metadata(ROOT / "assets" / base)["generations"]
+    names = list(generations["outputs"])
+
+    def cell(text: str) -> str:
+        text = " ".join(text.split()).replace("|", "\\|")
+        return text if len(text) <= 110 else text[:107].rsplit(" ", 1)[0] + " …"
+
+    rows = [
+        [prompt, *(cell(generations["outputs"][n][i]) for n in names)]
+        for i, prompt in enumerate(generations["prompts"])
+    ]
+    return hora_cards.table(["prompt", *names], rows)
+
+
+def _quant_transfer(name: str) -> str:
+    from hora.bench.quant_transfer import markdown_table
+
+    report = _json(ROOT / "assets" / "bench" / "quant-transfer" / f"{name}.json")
+    configs = report.get("peft_configs") or {m: None for m in report["methods"]}
+    runs = [(m, c, {}) for m, c in configs.items() if m in ("hora", "doran")]
+    return _with_notes(markdown_table(report), config_notes(runs))
+
+
 def _step_size(_: str) -> str:
     from hora.bench.step_size import step_size_table
 
@@ -284,6 +312,8 @@ RENDERERS: dict[str, Callable[[str], str]] = {
     "param-count": _param_counts,
     "step-size": _step_size,
     "conformance": _conformance,
+    "answers": _answers,
+    "quant-transfer": _quant_transfer,
 }
 
 

@@ -162,12 +162,14 @@ def measure(
         quantization = quantized_copy(original, folders["quantized"], linear, embedding)
         dataset = load_data(data)
         adapters: dict[str, dict[str, dict[str, list[float]]]] = {}
+        peft_configs: dict[str, dict | None] = {}  # what each method ran with, for the docs' staleness check
         for method in methods:
             adapters[method] = {t: {e: [] for e in BASES} for t in BASES}
             for trained_on, seed in ((t, s) for t in BASES for s in seeds):
                 run_dir = root / "runs" / f"{method}-{trained_on}-seed{seed}"
                 config = _config(method, seed, steps, batch_size, lr, context)
-                split = train(folders[trained_on], dataset, config, out_dir=run_dir).metrics["split"]
+                metrics = train(folders[trained_on], dataset, config, out_dir=run_dir).metrics
+                split, peft_configs[method] = metrics["split"], metrics["method_info"]["peft_config"]
                 losses, alone = _cross_evaluate(folders, run_dir, dataset, split)
                 for evaluated_on, loss in losses.items():
                     adapters[method][trained_on][evaluated_on].append(loss)
@@ -192,6 +194,7 @@ def measure(
             m: {t: {e: _mean_sd(v) for e, v in by_eval.items()} for t, by_eval in by_train.items()}
             for m, by_train in adapters.items()
         },
+        "peft_configs": peft_configs,
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
     log(markdown_table(report))

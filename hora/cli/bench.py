@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from hora.cli.options import add_config_options, add_data_options, csv_list, int_list, train_config
@@ -31,6 +32,7 @@ def add_bench_parsers(bench: Any) -> None:
     )
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--first", action="store_true", help="also a first-ever start: empty cache, bases converted")
+    p.add_argument("--json", default=None, help="also write the report to this JSON file (what the docs render)")
     p = bench.add_parser("load", help="N concurrent gradio_client users against the explorer on 127.0.0.1")
     p.add_argument("--users", type=int, default=None, help="default: 16 (--adversarial: 8 well-behaved users)")
     p.add_argument("--seconds", type=float, default=None, help="default: 120 (--adversarial: 60 per phase)")
@@ -60,6 +62,7 @@ def add_bench_parsers(bench: Any) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--out", default=None, help="keep the quantised base and the runs here")
+    p.add_argument("--json", default=None, help="also write the report to this JSON file (what the docs render)")
     p = bench.add_parser("step-size", help="how far 1 and 5 AdamW steps move each method's update at the same rate")
     p.add_argument("--out", required=True, help="the JSON report to write")
     p = bench.add_parser("variants", help="several adapters of one base: shared module trees vs one swapped model")
@@ -85,6 +88,15 @@ class BenchFailedError(Exception):
         self.report = report
 
 
+def _write_json(path: str | None, report: dict) -> None:
+    """A benchmark's report as a JSON file, when asked (``--json``): what ``python -m hora docs`` renders."""
+    if path:
+        from hora.io import write_atomic
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps(report, indent=1, default=str) + "\n")
+
+
 def cmd_bench(args: argparse.Namespace) -> dict:
     from hora import bench
 
@@ -92,6 +104,7 @@ def cmd_bench(args: argparse.Namespace) -> dict:
         from hora.bench import coldstart
 
         report = coldstart.run(args.runs, args.first, log=_stderr_line)
+        _write_json(args.json, report)
         return {"command": "bench cold-start", **report}
     if args.bench == "load":
         from hora.bench import load
@@ -117,6 +130,7 @@ def cmd_bench(args: argparse.Namespace) -> dict:
         embedding = None if args.embedding.lower() == "none" else args.embedding
         options = {k: getattr(args, k) for k in keys} | {"embedding": embedding, "out_dir": args.out}
         report = quant_transfer.measure(args.base, args.data, **options, log=_stderr_line)
+        _write_json(args.json, {"base_model": args.base, **options, **report})
         return {"command": "bench quant-transfer", **report}
     if args.bench == "side-by-side":
         return bench.side_by_side.run_cli(args, log=_stderr_line)
