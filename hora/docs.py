@@ -296,6 +296,30 @@ def _quant_transfer(name: str) -> str:
     return _with_notes(markdown_table(report), config_notes(runs))
 
 
+def _cold_start(_: str) -> str:
+    """``python -m hora bench cold-start --runs 3 --first --json ...``: the explorer's start, as a browser sees it."""
+    r = _json(ROOT / "assets" / "bench" / "explorer" / "cold-start.json")
+    runs = r["runs"]
+    spread = f"{min(x['page_usable_s'] for x in runs):.1f}–{max(x['page_usable_s'] for x in runs):.1f} s"
+    lines = [
+        f"- **Page usable** in {r['median_page_usable_s']:.1f} s (median of {len(runs)} starts, {spread}); HTTP answers "
+        f"at {r['median_http_ready_s']:.1f} s; every model in memory at {r['median_all_models_loaded_s']:.1f} s.",
+    ]
+    if "median_imports_s" in r:
+        lines.append(
+            f"- Before HTTP: importing gradio, torch, transformers and peft {r['median_imports_s']:.1f} s, registering "
+            f"the models {r['median_models_s']:.1f} s, building the page {r['median_page_built_s']:.1f} s."
+        )
+    lines.append(f"- **Memory at rest**, every model loaded: {r['median_rss_at_rest_mib']:,.0f} MiB resident.")
+    if r.get("first_start"):
+        lines.append(
+            f"- **First-ever start** (empty cache: both packaged bases converted, every first paint drawn): page usable "
+            f"in {r['first_start']['page_usable_s']:.1f} s."
+        )
+    cpus = r["machine"]["cpus"]
+    return "\n".join(lines) + f"\n\nMeasured on {cpus} CPU cores ({r['machine']['platform']})."
+
+
 def _step_size(_: str) -> str:
     from hora.bench.step_size import step_size_table
 
@@ -314,6 +338,7 @@ RENDERERS: dict[str, Callable[[str], str]] = {
     "conformance": _conformance,
     "answers": _answers,
     "quant-transfer": _quant_transfer,
+    "cold-start": _cold_start,
 }
 
 
