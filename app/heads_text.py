@@ -163,11 +163,11 @@ def knockout_caption(results: Mapping[str, Knockout], references: Mapping[str, s
         if f"{abs(r.effects[top]):.3f}" == "0.000":
             lines.append(
                 head + f"No single head's update moves it measurably (every bar rounds to 0.000); "
-                f"removing all of them {_effect(r, r.whole)}."
+                f"removing all of them at once {_effect(r, r.whole)}."
             )
             continue
         lines.append(
             head + f"Head {top} matters the most: removing its update {_effect(r, r.effects[top])}; removing every "
-            f"head's {_effect(r, r.whole)}."
+            f"head's update at once {_effect(r, r.whole)}."
         )
     return "\n".join(lines)
