@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from hora.analysis import DisplayView, FactorProjection, LayerSummary
+from hora.analysis import DisplayView, FactorProjection
 from hora.infer import Prediction, TokenDistribution
 
 
@@ -256,97 +256,6 @@ def factor_heatmaps(
     fig.update_xaxes(title_text="A: inputs →", title_font_size=11, row=len(names), col=1)
     fig.update_xaxes(title_text="r", title_font_size=11, row=len(names), col=2)
     return _layout(fig, title, 170 * len(names) + 110)
-
-
-def similarity_heatmaps(similarities: Mapping[str, object], labels: Mapping[str, str], metric: str) -> go.Figure:
-    """One heads × heads matrix per adapter, two to a row: a diverging scale for cosine (−1…1), a sequential one
-    for subspace overlap and CKA (0…1)."""
-    names = list(similarities)
-    signed = metric == "cosine"
-    rows, cols = _grid(len(names), 2)
-    fig = make_subplots(
-        rows=rows,
-        cols=cols,
-        subplot_titles=[title(labels.get(n, n)) for n in names],
-        horizontal_spacing=0.14,
-        vertical_spacing=0.18,
-    )
-    for i, name in enumerate(names):
-        sim = similarities[name].tolist()
-        few = len(sim) <= 6  # numbers in the cells only while they fit
-        fig.add_trace(
-            go.Heatmap(
-                z=sim,
-                zmin=-1.0 if signed else 0.0,
-                zmax=1.0,
-                zmid=0.0 if signed else None,
-                colorscale=DIVERGING if signed else SEQUENTIAL,
-                showscale=(i == 0),
-                colorbar=dict(title=dict(text=metric)),
-                text=[[f"{v:.2f}" for v in row] for row in sim] if few else None,
-                texttemplate="%{text}" if few else None,
-                hovertemplate="head %{y} vs head %{x}: %{z:.3f}<extra>" + name + "</extra>",
-            ),
-            row=i // cols + 1,
-            col=i % cols + 1,
-        )
-    fig.update_xaxes(title_text="head", dtick=1)
-    fig.update_yaxes(dtick=1, autorange="reversed")
-    fig.update_yaxes(title_text="head", col=1)  # first column only: between two plots it would run into the left one
-    return _layout(fig, f"Cross-head similarity ({metric})", 330 * rows + 60, top=90)
-
-
-def layer_summary_lines(
-    summaries: Mapping[str, list[LayerSummary]],
-    metric: str,
-    labels: Mapping[str, str],
-    methods: Mapping[str, str],
-    bounds: Mapping[str, int | None],
-) -> go.Figure:
-    """Per layer: mean off-diagonal head similarity and mean effective rank of ΔW_h, one line per adapter.
-
-    ``bounds`` maps an adapter to the rank r its effective rank cannot exceed (LoRA, HoRA), or None where ΔW is not
-    low-rank (DoRA and DoRAN rescale W0 itself); each bound is drawn as a dotted line in the adapter's colour.
-    """
-    fig = make_subplots(  # one above the other: side by side, their titles and axes collide on a phone
-        rows=2,
-        cols=1,
-        subplot_titles=[f"mean similarity between heads ({metric})", "mean effective rank of ΔW_h"],
-        vertical_spacing=0.16,
-    )
-    seen: set[str] = set()
-    for name, rows in summaries.items():
-        method = methods.get(name)
-        colour, dash = method_colour(method), "dash" if method in seen else "solid"
-        seen.add(method or "")
-        layers = [r.layer for r in rows]
-        style = dict(mode="lines+markers", line=dict(color=colour, dash=dash))
-        fig.add_trace(
-            go.Scatter(x=layers, y=[r.mean_offdiag_similarity for r in rows], name=labels.get(name, name), **style),
-            row=1,
-            col=1,
-        )
-        ranks = [sum(r.effective_ranks) / len(r.effective_ranks) for r in rows]
-        fig.add_trace(go.Scatter(x=layers, y=ranks, name=name, showlegend=False, **style), row=2, col=1)
-        if bounds.get(name) is not None and layers:
-            fig.add_trace(
-                go.Scatter(
-                    x=[layers[0], layers[-1]],
-                    y=[bounds[name]] * 2,
-                    mode="lines",
-                    line=dict(color=colour, dash="dot", width=1),
-                    name=f"r={bounds[name]} ({name})",
-                    hovertemplate=f"{name}: r = {bounds[name]}, the most its effective rank can be<extra></extra>",
-                ),
-                row=2,
-                col=1,
-            )
-    few = max((len(rows) for rows in summaries.values()), default=0) <= 12
-    fig.update_xaxes(title_text="layer", dtick=1 if few else None)  # whole layers only (30 layers: every fifth or so)
-    fig.update_yaxes(title_text=metric, row=1, col=1)
-    fig.update_yaxes(title_text="directions", rangemode="tozero", row=2, col=1)
-    fig.update_layout(legend=dict(orientation="h", y=-0.15))
-    return _layout(fig, "Per-layer summary", 620)
 
 
 def factor_scatter(projections: Mapping[str, FactorProjection], labels: Mapping[str, str]) -> go.Figure:

@@ -19,6 +19,8 @@ Each measure is stated with its chance level: the mean over pairs of independent
 
 from __future__ import annotations
 
+import threading
+import weakref
 from dataclasses import dataclass
 from functools import cache
 from typing import Literal
@@ -26,6 +28,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from hora.analysis import adapted_layers
 from hora.inspect import head_factors
 
 
@@ -116,6 +119,9 @@ def joint_effective_rank(factors: torch.Tensor) -> float:
     return float(torch.exp(-(p * torch.log(p.clamp_min(1e-300))).sum()))
 
 
+VERDICT_RATIO = 1.5  # a measure with a positive chance level: this many times chance (or 1/this) is beyond chance
+
+
 @dataclass
 class Coupling:
     """How alike the heads of one layer's projection are, with the chance level of the measure for their shape."""
@@ -127,11 +133,29 @@ class Coupling:
     rank: int
     joint_effective_rank: float
     joint_effective_rank_chance: float  # of random factors of the same shape
+    metric: str = "subspace"
 
     @property
     def times_chance(self) -> float | None:
         """mean / chance, where the chance level is positive (the cosine's is 0)."""
         return self.mean_offdiagonal / self.chance if self.chance > 1e-3 else None
+
+    @property
+    def verdict(self) -> Literal["above", "about", "below", "uninformative"]:
+        """Whether the heads are more alike than unrelated ones: ``"uninformative"`` when the chance level is 1 or
+        more (r ≥ head_dim: any two factors span the whole head); else ``"above"`` or ``"below"`` chance by a factor
+        of ``VERDICT_RATIO`` (a measure with a positive chance level) or, for the cosine (chance 0), by three
+        standard errors of the mean of unrelated pairs (each pair's cosine has variance 1 / (head_dim · r)); else
+        ``"about"``."""
+        if self.chance >= 0.999:
+            return "uninformative"
+        times = self.times_chance
+        if times is not None:
+            return "above" if times >= VERDICT_RATIO else "below" if times <= 1 / VERDICT_RATIO else "about"
+        heads = self.similarity.shape[0]
+        pairs = max(1, heads * (heads - 1) // 2)
+        margin = 3 / (self.head_dim * self.rank * pairs) ** 0.5
+        return "above" if self.mean_offdiagonal > margin else "below" if self.mean_offdiagonal < -margin else "about"
 
 
 @cache
@@ -160,6 +184,7 @@ def coupling(factors: torch.Tensor, metric: FactorMetric = "subspace") -> Coupli
         rank=r,
         joint_effective_rank=joint_effective_rank(factors),
         joint_effective_rank_chance=_joint_rank_chance(heads, hd, r),
+        metric=metric,
     )
 
 
@@ -170,11 +195,48 @@ def layer_coupling(
     return coupling(head_factors(model, layer, projection, adapter).B, metric)
 
 
+@dataclass
+class LayerCoupling:
+    """The ``Coupling`` of one adapted block's projection."""
+
+    layer: int
+    coupling: Coupling
+
+
+_remembered: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(projection, metric, adapter): rows}
+_remembered_lock = threading.Lock()
+
+
+def cached_layer_couplings(
+    model: nn.Module, projection: str, metric: FactorMetric = "subspace", adapter: str | None = None
+) -> list[LayerCoupling]:
+    """``layer_coupling`` of every adapted block of ``projection``, in block order, computed once per projection,
+    metric and adapter and remembered while the model lives (for a model that no longer changes: a loaded or
+    finished adapter). An explorer that redraws on every change of layer need not recompute them."""
+    if metric not in FACTOR_METRICS:
+        raise ValueError(f"Unknown metric {metric!r}; use one of {', '.join(FACTOR_METRICS)}.")
+    key = (projection, metric, adapter)
+    with _remembered_lock:
+        known = _remembered.get(model, {}).get(key)
+    if known is not None:
+        return known
+    rows = [
+        LayerCoupling(layer, layer_coupling(model, layer, projection, metric, adapter))
+        for layer in adapted_layers(model, projection)
+    ]
+    with _remembered_lock:
+        _remembered.setdefault(model, {})[key] = rows
+    return rows
+
+
 __all__ = [
     "CHANCE_DRAWS",
+    "VERDICT_RATIO",
     "FACTOR_METRICS",
     "Coupling",
     "FactorMetric",
+    "LayerCoupling",
+    "cached_layer_couplings",
     "chance_level",
     "coupling",
     "factor_similarity",

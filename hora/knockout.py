@@ -9,7 +9,9 @@ layer's whole update, for scale). The output measure is the change of the probab
 predicts (a classifier), or the total variation distance between next-token distributions (a language model).
 
 The hooks that do this act only for the thread that asked (a ``ContextVar``), so a model that serves other requests
-at the same time is not disturbed.
+at the same time is not disturbed. ``image_inputs`` and ``prompt_inputs`` make the inputs of one example as
+``hora.infer`` feeds the model (a chat model's prompt in its chat template, its last ``MAX_PROMPT_TOKENS`` kept);
+``reference_name`` says what the reference is (a class's label, a token's text).
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
+from PIL import Image
 from torch import nn
 
 from hora.analysis import adapted_layers
+from hora.infer import _encode, as_chat, last_logits_only
 from hora.inspect import AdaptedModule, find_projection
 
 
 MAX_ROWS = 64  # heads + 2 rows per adapter and request: bounded whatever a model's head count
+MAX_PROMPT_TOKENS = 64  # of a prompt (its chat template included): the work of one knock-out is rows × tokens
 _PLAN: ContextVar[dict[int, torch.Tensor] | None] = ContextVar("hora_knockout_plan", default=None)
 _HOOKED: weakref.WeakSet = weakref.WeakSet()  # modules that carry the (idle unless asked) knock-out hook
 _HOOK_LOCK = threading.Lock()
@@ -42,6 +47,8 @@ class Knockout:
     measure: str  # what an effect is
     reference: int  # what the whole adapter outputs: its top class's index, or its most likely next token's id
     layers: list[int]  # the blocks whose projection was knocked out
+    next_token: bool = False  # the reference is a token (a causal LM's next one), not a class
+    probability: float = 1.0  # of the reference under the whole adapter
 
 
 def _hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
@@ -100,11 +107,12 @@ def head_knockout(
     if any(v.shape[0] != 1 for v in inputs.values() if isinstance(v, torch.Tensor)):
         raise ValueError("head_knockout takes the inputs of one example (a batch of one).")
     batch = {k: v.expand(heads + 2, *v.shape[1:]) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+    last_only = last_logits_only(model) if "input_ids" in batch else {}  # a causal LM: the last position's logits
     for module, _ in found:
         _ensure_hooked(module.module)
     token = _PLAN.set(_masks(found, heads))
     try:
-        logits = model(**batch).logits
+        logits = model(**batch, **last_only).logits
     finally:
         _PLAN.reset(token)
     return _measure(model, logits, heads, layers)
@@ -130,7 +138,41 @@ def _measure(model: nn.Module, logits: torch.Tensor, heads: int, layers: list[in
         measure=measure,
         reference=reference,
         layers=layers,
+        next_token=logits.dim() == 3,
+        probability=float(p[0, reference]),
     )
 
 
-__all__ = ["MAX_ROWS", "Knockout", "head_knockout"]
+def image_inputs(processor, image: Image.Image) -> dict[str, torch.Tensor]:
+    """``head_knockout``'s inputs for one image: its pixels as the base's image processor prepares them."""
+    return {"pixel_values": processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"]}
+
+
+def prompt_inputs(
+    tokenizer, prompt: str, chat: bool = True, max_tokens: int = MAX_PROMPT_TOKENS
+) -> tuple[dict[str, torch.Tensor], bool]:
+    """``head_knockout``'s inputs for one prompt, and whether it was cut: its token ids, in the tokenizer's chat
+    template when ``chat`` and the tokenizer has one (``hora.infer.as_chat``: the reference is then the first token
+    of the answer), the last ``max_tokens`` kept. An empty prompt starts from the start-of-text token."""
+    ids, cut = _encode(tokenizer, as_chat(tokenizer, prompt) if chat else prompt, max_tokens=max_tokens)
+    return {"input_ids": ids}, cut
+
+
+def reference_name(model: nn.Module, result: Knockout, tokenizer=None) -> str:
+    """What ``result.reference`` is, for a reader: the class's label (a classifier), else the token's text quoted
+    (``'The'``, decoded by ``tokenizer``), else its index."""
+    if result.next_token:
+        return repr(tokenizer.decode([result.reference])) if tokenizer is not None else str(result.reference)
+    labels = getattr(getattr(model, "config", None), "id2label", None) or {}
+    return str(labels.get(result.reference, result.reference))
+
+
+__all__ = [
+    "MAX_PROMPT_TOKENS",
+    "MAX_ROWS",
+    "Knockout",
+    "head_knockout",
+    "image_inputs",
+    "prompt_inputs",
+    "reference_name",
+]

@@ -41,6 +41,7 @@ def test_every_event_is_a_named_endpoint(client):
         "/perplexity",
         "/heads",
         "/heads_options",
+        "/heads_knockout",
         "/load_base",
         "/load_adapter",
     } <= endpoints
@@ -116,17 +117,18 @@ def test_heads_endpoints_return_head_by_head_matrices(client):
     assert set(adapters["value"]) == {"LORA", "HoRA"} and [c[1] for c in layers["choices"]] == [0, 1]
     assert [c[1] for c in projections["choices"]] == ["q", "v"]  # one entry per projection: no q and q_proj
     assert [c[0].rsplit(" · ", 1)[0] for c in adapters["choices"]] == ["LORA · r=4", "HoRA · r=4"]  # and size
-    deltas, factors, similarity, summary, pca = client.predict(
+    deltas, factors, similarity, summary, pca, *captions = client.predict(
         "tiny-llama", ["LORA", "HoRA"], 1, "v", "cka", api_name="/heads"
     )
+    assert len(captions) == 2 and "CKA" in captions[0] and "chance" in captions[1]
     heat = [t for t in plot(deltas)["data"] if t["type"] == "heatmap"]
     assert len(heat) == 4  # 2 adapters x 2 key/value heads (GQA)
     assert all(len(t["z"]) == 8 and len(t["z"][0]) == 32 for t in heat)  # head_dim x in_features
     sims = plot(similarity)["data"]
     assert len(sims) == 2 and all(len(s["z"]) == 2 and len(s["z"][0]) == 2 for s in sims)
     assert all(s["z"][i][i] == pytest.approx(1, abs=1e-4) for s in sims for i in range(2))
-    lines = [t for t in plot(summary)["data"] if t["line"].get("dash") != "dot"]  # dotted: each adapter's rank r
-    assert {t["name"].split(" · ")[0] for t in lines} == {"LORA", "HoRA"}
+    lines = [t for t in plot(summary)["data"] if t["meta"]["kind"] in ("mean", "joint", "rank")]  # not a level
+    assert {t["name"].split(" · ")[0] for t in lines} == {"LORA", "HoRA"} and len(lines) == 2 * 3  # three panels
     assert sum(len(t["x"]) for t in plot(pca)["data"]) == 2 * 2 * 4  # adapters x heads x rank
     assert len([t for t in plot(factors)["data"] if t["type"] == "heatmap"]) == 2 * (1 + 2)
     ranks = client.predict("tiny-llama", ["LORA", "HoRA"], 1, "v", "cka", api_name="/heads_ranks")
@@ -138,7 +140,7 @@ def test_heads_plots_say_what_they_show(client):
     heads in their own palette, and each adapter's rank where it is plotted."""
     from app import figures
 
-    deltas, factors, cosine, summary, pca = client.predict(
+    deltas, factors, cosine, summary, pca, *_ = client.predict(
         "tiny-llama", ["LORA", "HoRA"], 0, "q", "cosine", api_name="/heads"
     )
     for figure in (deltas, factors, cosine):
@@ -148,16 +150,17 @@ def test_heads_plots_say_what_they_show(client):
     assert "LORA r=4" in json.dumps(plot(deltas)["layout"])
     cosine_heat = plot(cosine)["data"][0]
     assert cosine_heat["zmin"] == -1 and cosine_heat["zmid"] == 0 and cosine_heat["colorscale"][0][1] != "#440154"
-    _, _, cka, _, _ = client.predict("tiny-llama", ["LORA", "HoRA"], 0, "q", "cka", api_name="/heads")
-    assert plot(cka)["data"][0]["zmin"] == 0 and "(cka)" in plot(cka)["layout"]["title"]["text"]
+    _, _, cka, _, _, _, _ = client.predict("tiny-llama", ["LORA", "HoRA"], 0, "q", "cka", api_name="/heads")
+    assert plot(cka)["data"][0]["zmin"] == 0 and "(CKA," in plot(cka)["layout"]["title"]["text"]
     head_colours = {t["marker"]["color"] for t in plot(pca)["data"]}
     assert head_colours <= set(figures.HEAD_COLOURS) and not head_colours & set(figures.METHOD_COLOURS.values())
-    lines = {t["name"]: t["line"]["color"] for t in plot(summary)["data"] if t.get("line", {}).get("dash") != "dot"}
+    measured = ("mean", "joint", "rank")  # the dotted levels (chance, rank bound) are drawn in the same colours
+    lines = {t["name"]: t["line"]["color"] for t in plot(summary)["data"] if t["meta"]["kind"] in measured}
     assert {n.split(" · ")[0]: c for n, c in lines.items()} == {
         "LORA": figures.METHOD_COLOURS["lora"],
         "HoRA": figures.METHOD_COLOURS["hora"],
     }
-    bounds = [t for t in plot(summary)["data"] if t.get("line", {}).get("dash") == "dot"]
+    bounds = [t for t in plot(summary)["data"] if t["meta"].get("kind") == "bound"]
     assert sorted(t["y"][0] for t in bounds) == [4, 4]  # r drawn for LoRA and HoRA: their effective rank's bound
 
 

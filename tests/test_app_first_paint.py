@@ -9,9 +9,9 @@ import pytest
 from helpers import tiny_store
 from PIL import Image
 
-from app import compare, heads, language
+from app import compare, heads, heads_knockout, language
 from app.context import Context
-from hora import analysis, infer
+from hora import analysis, infer, knockout
 
 
 @pytest.fixture
@@ -65,8 +65,34 @@ def test_the_second_start_paints_from_memory(ctx, monkeypatch):
     assert again_vision["table"].equals(vision["table"]) and len(vision["table"]) == 3 and vision["truth"] == "one"
     assert again_vision["note"] == vision["note"]
     assert traces(again_lm["plot"]) == traces(lm["plot"]) and traces(lm["plot"])
-    assert [traces(p) for p in again_view[:-1]] == [traces(p) for p in view[:-1]] and again_view[-1] == view[-1]
+    assert [traces(p) for p in again_view[:5]] == [traces(p) for p in view[:5]] and again_view[5:] == view[5:]
     assert "r=4" in view[-1] and any(t[0] == "heatmap" for t in traces(view[0]))
+    assert "chance level of 0.500" in view[5] and "(chance 0.500)" in view[6]  # r = 4 of 8-wide heads: 4 / 8
+
+
+def test_the_knockout_paints_once_with_the_example_its_adapters_are_least_sure_of(ctx, tmp_path, monkeypatch):
+    for name, colour in (("square-two.png", (30, 30, 200)), ("square-zero.png", (30, 200, 30))):
+        Image.new("RGB", (16, 16), colour).save(tmp_path / name)
+        ctx.examples.append(str(tmp_path / name))
+    store = ctx.store.bases["tiny-vit"]
+    sure = {}
+    for path in ctx.examples:
+        with Image.open(path) as image:
+            tops = [
+                infer.classify(store.variants[n].model, store.processor, image, 1).probabilities[0]
+                for n in ("LORA", "HoRA")
+            ]
+        sure[path] = sum(tops) / 2
+    knocked = calls_of(monkeypatch, knockout, "head_knockout")
+    first = heads_knockout.first_knockout(ctx, "tiny-vit", ["LORA", "HoRA"], 0, "q")
+    again = heads_knockout.first_knockout(ctx, "tiny-vit", ["LORA", "HoRA"], 0, "q")
+    assert len(knocked) == 2  # one batched forward per adapter, once
+    assert traces(first["plot"]) == traces(again["plot"]) and first["caption"] == again["caption"]
+    assert [t[0] for t in traces(first["plot"])] == ["bar", "bar"] and "predicts the class" in first["caption"]
+    assert first["example"]["value"] == min(sure, key=sure.get) and first["prompt"]["visible"] is False
+    assert len(set(sure.values())) == 3  # the examples differ: choosing the least sure one is a real choice
+    lm = heads_knockout.first_knockout(ctx, "tiny-llama", ["LORA", "HoRA"], 1, "v")
+    assert lm["prompt"]["value"] == "To be, or not to be" and "next token" in lm["caption"]
 
 
 def test_other_weights_or_no_fingerprint_are_computed_afresh(ctx, monkeypatch):

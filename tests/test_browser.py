@@ -204,9 +204,9 @@ def test_examples_are_named_by_their_truth_and_answers_marked(page):
 def test_heads_redraw_on_every_control_and_label_their_plots(page):
     tab(page, "Heads")
     similarity = page.locator("#heads-similarity .js-plotly-plot")
-    expect(similarity.locator(".gtitle")).to_contain_text("cosine", timeout=30_000)
+    expect(similarity.locator(".gtitle")).to_contain_text("subspace", timeout=30_000)  # of B_h, by default
     page.locator("#heads-metric").get_by_text("CKA").click()  # no button: the plot follows the control
-    expect(similarity.locator(".gtitle")).to_contain_text("cka", timeout=30_000)
+    expect(similarity.locator(".gtitle")).to_contain_text("CKA", timeout=30_000)
     page.locator("#heads-projection input").click()
     options = [o.strip() for o in page.get_by_role("option").all_inner_texts()]
     page.keyboard.press("Escape")

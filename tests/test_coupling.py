@@ -10,6 +10,7 @@ from helpers import tiny_llama
 import hora
 from hora.coupling import (
     FACTOR_METRICS,
+    cached_layer_couplings,
     chance_level,
     coupling,
     factor_similarity,
@@ -80,3 +81,26 @@ def test_every_method_is_measured_on_its_low_rank_factors(method):
     measured = layer_coupling(model, 0, "q", "subspace")
     assert measured.rank == 2 and measured.head_dim == 8 and measured.chance == 2 / 8
     assert measured.similarity.shape == (4, 4) and measured.mean_offdiagonal < 0.99
+
+
+def test_every_layers_coupling_is_computed_once_and_remembered():
+    config = hora.HoraConfig(r=2, hyper_hidden=4, target_modules=["q_proj", "v_proj"], init_weights=False)
+    model = peft.get_peft_model(tiny_llama(), config)
+    rows = cached_layer_couplings(model, "q", "cka")
+    assert [row.layer for row in rows] == [0, 1]
+    assert rows[1].coupling.mean_offdiagonal == pytest.approx(layer_coupling(model, 1, "q", "cka").mean_offdiagonal)
+    assert cached_layer_couplings(model, "q", "cka") is rows  # remembered
+    assert cached_layer_couplings(model, "q", "subspace") is not rows
+    with pytest.raises(ValueError, match="Unknown metric"):
+        cached_layer_couplings(model, "q", "ckaa")
+
+
+def test_the_verdict_says_whether_heads_share_more_than_chance():
+    assert coupling(shared_factors(), "subspace").verdict == "above"
+    assert coupling(random_factors(), "subspace").verdict == "about"
+    assert coupling(random_factors(hd=8, r=8), "subspace").verdict == "uninformative"  # r = head_dim: overlap 1
+    aligned = random_factors() + 3 * random_factors(heads=1, seed=9)  # every head shares one factor
+    assert coupling(aligned, "cosine").verdict == "above"
+    opposed = torch.stack([aligned[0], -aligned[1]])  # two heads pushing the shared directions opposite ways
+    assert coupling(opposed, "cosine").verdict == "below"
+    assert coupling(random_factors(), "cosine").verdict == "about"

@@ -123,3 +123,30 @@ def test_bad_requests_are_refused():
     model.merge_adapter()
     with pytest.raises(ValueError, match="merged"):
         head_knockout(model, one_input("llama"), "q", layer=0)
+
+
+def test_inputs_of_one_prompt_or_image_and_the_reference_named():
+    """A prompt is cut to its last tokens (the chat template applied where the tokenizer has one), an image goes
+    through the base's processor, and the reference is named as a reader knows it (a label, a token's text)."""
+    from helpers import char_tokenizer
+    from PIL import Image
+    from transformers import ViTImageProcessor
+
+    from hora.knockout import image_inputs, prompt_inputs, reference_name
+
+    tokenizer = char_tokenizer()
+    inputs, cut = prompt_inputs(tokenizer, "to be or not to be", max_tokens=5)
+    assert cut and tokenizer.decode(inputs["input_ids"][0]) == "to be"
+    inputs, cut = prompt_inputs(tokenizer, "abc")
+    assert not cut and inputs["input_ids"].shape == (1, 3)
+    model = adapted("llama", "hora")
+    result = head_knockout(model, inputs, "q", layer=0)
+    assert result.next_token and 0 < result.probability <= 1
+    assert reference_name(model, result, tokenizer) == repr(tokenizer.decode([result.reference]))
+    vit = adapted("vit", "lora")
+    vit.config.id2label = {0: "zero", 1: "one", 2: "two"}
+    pixels = image_inputs(ViTImageProcessor(size={"height": 16, "width": 16}), Image.new("L", (9, 30), 90))
+    assert pixels["pixel_values"].shape == (1, 3, 16, 16)
+    result = head_knockout(vit, pixels, "q", layer=1)
+    assert not result.next_token and reference_name(vit, result) == ["zero", "one", "two"][result.reference]
+    assert result.probability == pytest.approx(float(probabilities(vit, pixels, "vit")[result.reference]), abs=1e-6)
