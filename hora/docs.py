@@ -320,6 +320,26 @@ def _cold_start(_: str) -> str:
     return "\n".join(lines) + f"\n\nMeasured on {cpus} CPU cores ({r['machine']['platform']})."
 
 
+def _ops(_: str) -> str:
+    """Operator calls of one training forward and backward per method (``python -m hora bench ops``)."""
+    from hora import cards as hora_cards
+    from hora.bench.speed import REFERENCE_MODELS
+
+    report = _json(ROOT / "assets" / "bench" / "ops" / "ops.json")
+    header = ["model", *[f"{m} calls" for m in ("LoRA", "DoRA", "HoRA", "DoRAN")], "HoRA × LoRA", "DoRAN × DoRA"]
+    rows = []
+    for model, result in report["results"].items():
+        counts, ratios = result["counts"], result["ratios"]
+        cells = [f"{counts[m]:,}" for m in ("lora", "dora", "hora", "doran")]
+        bounds = [f"{ratios[m]['ratio']:.2f} (bound {ratios[m]['bound']:.2f})" for m in ("hora", "doran")]
+        rows.append([REFERENCE_MODELS.get(model, model), *cells, *bounds])
+    settings = report["settings"]
+    return hora_cards.table(header, rows) + (
+        f"\n\nBatch {settings['batch_size']} ({settings['seq_len']} tokens for the language model), r = {settings['r']}, "
+        f"p = {settings['hyper_hidden']}; torch {report['torch']} on a CPU, counted with torch's profiler."
+    )
+
+
 def _step_size(_: str) -> str:
     from hora.bench.step_size import step_size_table
 
@@ -339,6 +359,7 @@ RENDERERS: dict[str, Callable[[str], str]] = {
     "answers": _answers,
     "quant-transfer": _quant_transfer,
     "cold-start": _cold_start,
+    "ops": _ops,
 }
 
 
