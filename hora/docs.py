@@ -340,6 +340,51 @@ def _ops(_: str) -> str:
     )
 
 
+def _speed(model: str) -> str:
+    """Training step and memory against LoRA's, on a CPU and on a GPU side by side (``python -m hora bench speed``):
+    ``assets/bench/speed/{cpu,h200}-<model>.json``, whichever were measured."""
+    from hora import cards as hora_cards
+
+    folder = ROOT / "assets" / "bench" / "speed"
+    reports = {kind: _json(path) for kind in ("cpu", "h200") if (path := folder / f"{kind}-{model}.json").is_file()}
+    if not reports:
+        raise FileNotFoundError(f"no speed report for {model} under {folder}")
+    header, columns = ["method", "trainable params"], []
+    for kind, report in reports.items():
+        s = report["settings"]
+        batch = f"{s['batch_size']} × {s['seq_len']} tokens" if s.get("seq_len") else f"{s['batch_size']} images"
+        where = "H200" if kind == "h200" else "CPU"
+        header += [f"{where} step ms ({batch}, {report['precision']})", f"{where} × LoRA", f"{where} memory × LoRA"]
+        columns.append(report)
+    methods = list(dict.fromkeys(m for r in columns for m in r["train"]))
+    rows = []
+    for method in methods:
+        params = next(r["train"][method]["trainable_params"] for r in columns if method in r["train"])
+        row = [method.replace("+compile", " (torch.compile)"), f"{params:,}"]
+        for report in columns:
+            if method not in report["train"]:
+                row += ["—", "—", "—"]
+                continue
+            ratios = report["ratios_to_lora"][method]
+            compiled = report.get("ratios_to_compiled_lora", {}).get(method)
+            versus = f"{ratios['step_time']:.2f}" + (
+                f" ({compiled['step_time']:.2f} × compiled LoRA)" if compiled else ""
+            )
+            row += [f"{report['train'][method]['step_seconds'] * 1000:,.1f}", versus, f"{ratios['memory']:.2f}"]
+        rows.append(row)
+    runs = [
+        (f"{method} ({kind})", row.get("peft_config"), {})
+        for kind, report in reports.items()
+        for method, row in report["train"].items()
+        if method.split("+")[0] in ("hora", "doran")
+    ]
+    machines = "; ".join(
+        f"{'H200' if k == 'h200' else 'CPU'}: {r.get('device_name', r['device'])}, torch threads {r['settings'].get('torch_threads')}"
+        for k, r in reports.items()
+    )
+    return _with_notes(hora_cards.table(header, rows) + f"\n\n{machines}.", config_notes(runs))
+
+
 def _step_size(_: str) -> str:
     from hora.bench.step_size import step_size_table
 
@@ -360,6 +405,7 @@ RENDERERS: dict[str, Callable[[str], str]] = {
     "quant-transfer": _quant_transfer,
     "cold-start": _cold_start,
     "ops": _ops,
+    "speed": _speed,
 }
 
 

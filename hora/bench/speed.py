@@ -165,6 +165,7 @@ def _adapted(base_model: nn.Module, methods: Sequence[str], batch: dict, device:
             "activation_bytes": recorder.bytes,
             # gradients (1x) and AdamW's two moments (2x) of the trainable parameters
             "estimated_step_bytes": recorder.bytes + 3 * trainable_bytes,
+            "peft_config": method_info.to_dict()["peft_config"],  # what ran: the docs check it against today's
         }
     return models, optimizers, info
 
