@@ -226,18 +226,26 @@ def test_a_session_that_ends_takes_its_variants_out_of_the_shared_batch(models):
     assert not [n for n in mixed_of(base).names if n.startswith(session.prefix)]
 
 
-def test_a_finetune_in_the_app_keeps_adapters_on_the_served_base(models):
+def test_a_finetune_in_the_app_keeps_adapters_on_the_served_base(models, monkeypatch):
     from app import finetune
     from app.store import SessionModels
 
     store, samples = models
+    training, real = [], jobs.train
+
+    def watched(*args, **kwargs):
+        result = real(*args, **kwargs)
+        training.append(weakref.ref(result.model))
+        return result
+
+    monkeypatch.setattr(jobs, "train", watched)
     session = SessionModels()
-    for _ in finetune.run(
-        store, samples, session, "tiny-llama", None, "verse.txt", ["lora", "hora"], 4, 2, 0.01, 4, 0
-    ):
-        pass
+    shown = list(finetune.run(store, samples, session, "tiny-llama", None, "verse.txt", ["lora", "hora"], 4, 2, 0.01))
+    finetune._add_runs(store, session)  # "Use these adapters": they join Compare and Heads
+    gc.collect()
+    assert len(training) == 2 and all(ref() is None for ref in training)  # no status, curve or table kept them
     served = {p.data_ptr() for p in store.bases["tiny-llama"].model.parameters()}
-    assert set(session.runs) == {"lora", "hora"}
+    assert set(session.runs) == {"lora", "hora"} and shown
     for result in session.runs.values():
         assert result.model.get_base_model().model.embed_tokens.weight.data_ptr() in served
     session.close()
