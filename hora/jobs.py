@@ -16,6 +16,7 @@ training copy of the base, which is freed before the result is yielded (``adapte
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import gc
 import logging
@@ -135,16 +136,21 @@ def _one_run(
 def adapter_only(result: TrainResult, served: nn.Module) -> bool:
     """Replace ``result.model`` (the training copy: a whole float32 base with its adapter) by the saved adapter
     loaded onto a ``shared_copy`` of ``served``, the same base as the caller already holds it, and free the
-    training copy (``release_memory``). Returns whether it did: a run that saved nothing, a ``full`` fine-tune
-    and a text classifier on a language model (another model class than the one served) keep their own model.
+    training copy (``release_memory``). A text classifier trained on a language model gets the served model's
+    backbone (``shared_for_task``) under a head of its own. Returns whether it did: a run that saved nothing, a
+    ``full`` fine-tune (its weights are its own) or a model that cannot share ``served``'s keep their own model.
     """
     from hora.loaders import load_adapter
-    from hora.variants import shared_copy
+    from hora.variants import shared_copy, shared_for_task
 
-    if result.out_dir is None or result.metrics.get("method") == "full" or result.task.kind == "text":
+    if result.out_dir is None or result.metrics.get("method") == "full":
         return False
     try:
-        light = load_adapter(shared_copy(served), result.out_dir, trusted=True).eval()
+        base = shared_copy(served)
+        if result.task.kind == "text":  # another model class than the served causal LM, over the same backbone
+            trained = result.model.get_base_model() if hasattr(result.model, "get_base_model") else result.model
+            base = shared_for_task(served, type(trained), copy.deepcopy(trained.config))
+        light = load_adapter(base, result.out_dir, trusted=True).eval()
     except (ValueError, OSError) as error:  # the served model is not the base this run trained (a caller's mistake)
         logger.warning("kept the training copy of %s: %s", result.out_dir, error)
         return False

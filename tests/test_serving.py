@@ -29,17 +29,27 @@ def models(tmp_path_factory):
     return tiny_store(root / "models"), tiny_samples(root / "samples")
 
 
-INPUTS = {
-    "tiny-llama": {"input_ids": torch.arange(1, 13).unsqueeze(0)},
-    "tiny-vit": {"pixel_values": torch.linspace(-1, 1, 3 * 16 * 16).reshape(1, 3, 16, 16)},
+IDS = {"input_ids": torch.arange(1, 13).unsqueeze(0)}
+PIXELS = {"pixel_values": torch.linspace(-1, 1, 3 * 16 * 16).reshape(1, 3, 16, 16)}
+RUNS = {  # what is trained on which served base; the text classifier is another model class over the LM's backbone
+    "lm": ("tiny-llama", "verse.txt", ["lora", "hora"], IDS),
+    "image": ("tiny-vit", "shapes.zip", ["head", "hora", "dora"], PIXELS),
+    "text": ("tiny-llama", "reviews.csv", ["lora", "head"], IDS),
 }
-RUNS = {"tiny-llama": ("verse.txt", ["lora", "hora"]), "tiny-vit": ("shapes.zip", ["head", "hora", "dora"])}
 
 
-@pytest.mark.parametrize("base_name", ["tiny-llama", "tiny-vit"])
-def test_a_finished_run_keeps_its_adapter_on_the_served_base_and_frees_the_training_copy(models, tmp_path, base_name):
+def _reviews(folder) -> str:
+    rows = [f"{word} {i},{label}" for label, word in (("pos", "good"), ("neg", "bad")) for i in range(8)]
+    (folder / "reviews.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    return str(folder / "reviews.csv")
+
+
+@pytest.mark.parametrize("kind", list(RUNS))
+def test_a_finished_run_keeps_its_adapter_on_the_served_base_and_frees_the_training_copy(models, tmp_path, kind):
     store, samples = models
-    base, inputs, (sample, methods) = store.bases[base_name], INPUTS[base_name], RUNS[base_name]
+    base_name, sample, methods, inputs = RUNS[kind]
+    base = store.bases[base_name]
+    samples = {**samples, "reviews.csv": _reviews(tmp_path)}
     training, logits = [], {}
     real = jobs.train
 
@@ -50,7 +60,7 @@ def test_a_finished_run_keeps_its_adapter_on_the_served_base_and_frees_the_train
             logits[result.metrics["method"]] = result.model(**inputs).logits
         return result
 
-    configs = [TrainConfig(method=m, steps=2, shots=4 if base_name == "tiny-vit" else None, **FAST) for m in methods]
+    configs = [TrainConfig(method=m, steps=2, shots=None if kind == "lm" else 4, **FAST) for m in methods]
     data = load_data(samples[sample])
     updates = jobs.train_in_turn(
         base.location, data, configs, out_root=tmp_path, cancel=threading.Event(), serve_on=base.model
