@@ -17,7 +17,7 @@ import gradio as gr
 import plotly.graph_objects as go
 from PIL import Image
 
-from app import figures, language, paint
+from app import batch, figures, language, paint
 from app.context import (
     Context,
     as_sentences,
@@ -37,7 +37,6 @@ from app.context import (
 )
 from app.settings import LIMITS
 from app.store import ModelStore, SessionModels, get_base
-from hora import infer
 from hora.memo import fingerprint
 
 
@@ -53,16 +52,22 @@ def check_classify(store, session, base_name, image, names, truth=None) -> list:
     return [None, valid(base_problem), valid(no_image), valid(names_problem), valid()]
 
 
-def _note(store: ModelStore, session: SessionModels | None, base_name: str, predictions: dict) -> str:
-    """What a visitor must know to read the answers: the models only know their classes, and whether the base is
-    unsure."""
+def _note(store: ModelStore, session: SessionModels | None, base_name: str, predictions: dict, shared: int) -> str:
+    """What a visitor must know to read the answers: the models only know their classes, whether the base is
+    unsure, and what the latency measures (``shared``: the most models that ran in one batch)."""
     base = get_base(store, session, base_name)
     source = (base.info.get("data") or {}).get("source")
+    latency = (
+        f"preprocessing and one forward pass of this image through {shared} models at once (one batch, a row each), "
+        "on this server's CPU: the models of a batch share its time."
+        if shared > 1
+        else "preprocessing and one forward pass of this image, on this server's CPU."
+    )
     text = (
         "Every model answers with one of the classes it was trained on, whatever the image"
         + (f"; these models learnt from {source}" if source else "")
         + ". A confident answer to an image unlike that data (a photo, a letter) means nothing. Latency: "
-        "preprocessing and one forward pass of this image, on this server's CPU."
+        + latency
     )
     own = next((p for n, p in predictions.items() if n.split(" ")[0] == "base"), None)  # the base, or its probe
     if own is not None and own.probabilities and own.probabilities[0] < 0.5:
@@ -82,22 +87,29 @@ def classify(
     names: list[str],
     truth: str | None = None,
 ) -> tuple[go.Figure, object, str]:
-    """Top-5 classes of ``image`` under every chosen variant; a table of the top class, its probability, the
-    latency and, when ``truth`` is given, whether it is right; and a note on how far to trust the answers."""
+    """Top-5 classes of ``image`` under every chosen variant, in one batch (``app.batch``); a table of the top
+    class, its probability, the latency (a batch's, shared by its models) and, when ``truth`` is given, whether it
+    is right; and a note on how far to trust the answers."""
     if image is None:
         raise gr.Error("Upload an image or pick one of the examples first.")
     chosen = chosen_variants(store, session, base_name, names)
-    processor = get_base(store, session, base_name).processor
-    predictions = {n: infer.classify(v.model, processor, image, top_k=5) for n, v in chosen.items()}
+    plan = batch.plan(store, session, base_name, chosen)
+    predictions = batch.classify(plan, get_base(store, session, base_name).processor, image, top_k=5)
+    sizes = batch.batch_sizes(plan)
     truth = (truth or "").strip()
     table = [
         [n, p.labels[0], round(p.probabilities[0], 4), round(p.latency_ms, 2), _verdict(p.labels[0], truth)]
         for n, p in predictions.items()
     ]
     methods = {n: v.method for n, v in chosen.items()}
-    subtitles = {n: rank_text(v) + f"{predictions[n].latency_ms:.1f} ms" for n, v in chosen.items()}
+    subtitles = {n: rank_text(v) + _latency(predictions[n].latency_ms, sizes[n]) for n, v in chosen.items()}
     figure = figures.topk_bars(predictions, "Top-5 classes per model", methods, subtitles)
-    return figure, frame(table, TABLE), _note(store, session, base_name, predictions)
+    return figure, frame(table, TABLE), _note(store, session, base_name, predictions, max(sizes.values()))
+
+
+def _latency(ms: float, shared: int) -> str:
+    """A plot's latency line: the model's own, or the batch's it shared with ``shared - 1`` others."""
+    return f"{ms:.1f} ms" + (f" (batch of {shared})" if shared > 1 else "")
 
 
 def _verdict(top: str, truth: str) -> str:

@@ -43,13 +43,14 @@ from app.finetune_data import (
     recipe_of,
     sample_choices,
 )
-from app.guard import FairShareError, TrainingBudget
+from app.guard import FairShareError, TrainingBudget, check_memory
 from app.heads import HeadsTab, options
-from app.settings import LIMITS, clamp
+from app.settings import LIMITS, clamp, max_server_memory
 from app.store import ModelStore, SessionModels, Variant, base_names, get_base
 from hora.config import TrainConfig
 from hora.jobs import train_in_turn
 from hora.methods import METHODS, label
+from hora.models import memory_bytes
 from hora.task import data_kind
 
 
@@ -67,8 +68,21 @@ except ImportError:  # plain local / Docker runs
 # Checks before anything trains
 
 
+def memory_problem() -> str | None:
+    """Why no fine-tune may start now: the server's memory is above its ceiling (``HORA_MAX_SERVER_MEMORY``)."""
+    try:
+        check_memory(max_server_memory(memory_bytes()))
+    except FairShareError as refusal:
+        return str(refusal)
+    return None
+
+
 def check_run(store, samples, session, base_name, upload, sample, methods, rank, steps, lr, shots, seed) -> list:
-    """Validator of Start: each problem on the control at fault (the data's on the upload, or the sample)."""
+    """Validator of Start: each problem on the control at fault (the data's on the upload, or the sample); a server
+    short of memory, on the base (the first control), before anything else is checked."""
+    memory = memory_problem()
+    if memory is not None:
+        return [None, valid(memory)] + [valid()] * 8
     methods = [m for m in (methods or []) if m in METHOD_CHOICES]
     found = problems(store, samples, session, base_name, upload, sample, methods, shots)
     data = found.get("data")
@@ -132,8 +146,9 @@ def run(
     """
     methods = [m for m in (methods or []) if m in METHOD_CHOICES]
     found = problems(store, samples, session, base_name, upload, sample, methods, shots)
-    if found:
-        raise gr.Error(" ".join(found.values()))
+    memory = memory_problem()  # again: memory may have grown while the run waited in the queue
+    if found or memory:
+        raise gr.Error(memory or " ".join(found.values()))
     try:
         rate = learning_rate(lr)
     except ValueError as err:
@@ -157,14 +172,16 @@ def run(
     busy = (gr.update(interactive=False), gr.update(interactive=True))  # once: redrawn every step, Stop is unclickable
     note = " (labelled text: the language model gets a classification head)" if kind == "text" else ""
     yield f"Starting{note}…", view.curves(job), view.table(session, job), [], session, *busy, ""
+    base = get_base(store, session, base_name)
     updates = train_in_turn(
-        get_base(store, session, base_name).location,
+        base.location,
         dataset,
-        _configs(methods, kind, rank, steps, rate, shots, seed, recipe_of(get_base(store, session, base_name))),
+        _configs(methods, kind, rank, steps, rate, shots, seed, recipe_of(base)),
         out_root=job.folder,
         cancel=cancel,
         budget_seconds=seconds,
         data_source=Path(upload).name if upload else sample,
+        serve_on=base.model,  # each finished run keeps its adapter on the served base; its training copy is freed
     )
     try:
         for update in updates:

@@ -15,6 +15,8 @@ Pure Python (no Gradio components): the app passes Gradio's request and queue ob
   calls that do not go through the queue.
 - ``TrainingBudget``: training seconds per visitor over a sliding window (default: an hour), charged when a run
   ends (finished, failed or stopped), so a fresh session does not reset it.
+- ``check_memory(ceiling)``: refuse a new fine-tune while the server's resident memory is above ``ceiling``
+  (``MemoryCeilingError``), so that a run never starts on a server the kernel would then kill.
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ class LaneFullError(FairShareError):
 
 class BudgetSpentError(FairShareError):
     """The visitor has used its training seconds for the current window."""
+
+
+class MemoryCeilingError(FairShareError):
+    """The server holds more memory than it may when a new run starts."""
 
 
 _SALT = secrets.token_bytes(16)  # per process: the hashes mean nothing outside it and change at every restart
@@ -292,15 +298,52 @@ class TrainingBudget:
             self.charge(visitor, self.clock() - started)
 
 
+def server_memory() -> int:
+    """Resident memory of this server process and its children, in bytes (0 where it cannot be read)."""
+    try:
+        import psutil
+
+        process = psutil.Process(os.getpid())
+        processes = [process, *process.children(recursive=True)]
+    except Exception:  # noqa: BLE001 - no psutil, or no /proc: nothing to measure, nothing refused
+        return 0
+    total = 0
+    for each in processes:
+        try:
+            total += each.memory_info().rss
+        except Exception:  # noqa: BLE001, S112 - a child that just exited
+            continue
+    return total
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def check_memory(ceiling: int, used: int | None = None) -> None:
+    """``MemoryCeilingError`` when the server's resident memory (``used``, default: ``server_memory()``) is above
+    ``ceiling`` bytes: a new fine-tune would need more (a training copy of its base) than the server may take."""
+    used = server_memory() if used is None else used
+    if used > ceiling:
+        raise MemoryCeilingError(
+            f"The server is short of memory right now ({_gib(used)} in use; it starts no new fine-tune above "
+            f"{_gib(ceiling)}), so fine-tuning is paused until runs end or visitors leave. Please try again in a "
+            "few minutes; Compare and Heads work as before."
+        )
+
+
 __all__ = [
     "BudgetSpentError",
     "FairShare",
     "FairShareError",
     "LaneFullError",
+    "MemoryCeilingError",
     "Pending",
     "TooManyRunsError",
     "TrainingBudget",
+    "check_memory",
     "client_ip",
     "pending_jobs",
+    "server_memory",
     "visitor_id",
 ]

@@ -24,7 +24,7 @@ from typing import Any
 import gradio as gr
 import plotly.graph_objects as go
 
-from app import figures, paint
+from app import batch, figures, paint
 from app.context import (
     Context,
     as_sentences,
@@ -41,7 +41,6 @@ from app.context import (
 )
 from app.settings import LIMITS, clamp
 from app.store import Base, ModelStore, SessionModels, get_base
-from hora import infer
 
 
 logger = logging.getLogger(__name__)
@@ -90,9 +89,11 @@ def generate(
     top_k: float,
     seed: float,
 ) -> Iterator[tuple[str, str]]:
-    """Stream every chosen variant's continuation, one token each in turn. Yields (html, notice).
+    """Stream every chosen variant's continuation: the batch's (``app.batch``) a token of every variant per forward
+    pass, any variant run on its own a token in turn. Yields (html, notice).
 
-    A model that fails shows the reason in its own column; the others go on.
+    A model that fails shows the reason in its own column (a batch's failure, in each of its columns); the others
+    go on.
     """
     chosen = chosen_variants(store, session, base_name, names, generate=True)
     tokenizer = get_base(store, session, base_name).processor
@@ -106,22 +107,24 @@ def generate(
     max_new = int(clamp(max_new_tokens, 1, LIMITS.max_new_tokens))
     settings = dict(max_new_tokens=max_new, temperature=clamp(temperature, 0.0, 2.0), top_k=int(clamp(top_k, 0, 1000)))
     notices.append(_decoding(settings["temperature"], max_new))
-    streams = {
-        n: infer.generate_stream(v.model, tokenizer, prompt, seed=int(seed or 0), **settings)
-        for n, v in chosen.items()
-    }
-    texts = dict.fromkeys(streams, "")
+    plan = batch.plan(store, session, base_name, chosen)
+    if len(plan.routed) > 1:
+        notices.append(f"{len(plan.routed)} models answer together: one forward pass per token, a row each.")
+    streams = batch.generate_streams(plan, tokenizer, prompt, int(seed or 0), **settings)
+    texts = dict.fromkeys(chosen, "")
     notice = " ".join(notices)
     yield columns(texts, prompt), notice
     while streams:
-        for name in list(streams):
+        for stream in list(streams):
+            written, iterator = stream
             try:
-                texts[name] = next(streams[name])
+                texts.update(next(iterator))
             except StopIteration:
-                del streams[name]
-            except Exception as error:  # one model's failure is shown in its column; the others go on
-                texts[name] += f"\n[{sentence(f'generate with {name}', error)}]"
-                del streams[name]
+                streams.remove(stream)
+            except Exception as error:  # one model's (or one batch's) failure is shown in its columns; others go on
+                for name in written:
+                    texts[name] += f"\n[{sentence(f'generate with {name}', error)}]"
+                streams.remove(stream)
         yield columns(texts, prompt), notice
 
 
@@ -140,7 +143,7 @@ def next_tokens(
     chosen = chosen_variants(store, session, base_name, names, generate=True)
     tokenizer = get_base(store, session, base_name).processor
     prompt = (prompt or "")[-LIMITS.max_prompt_chars :]
-    dists = {n: infer.next_token_topk(v.model, tokenizer, prompt, k=10) for n, v in chosen.items()}
+    dists = batch.next_tokens(batch.plan(store, session, base_name, chosen), tokenizer, prompt, k=10)
     methods = {n: v.method for n, v in chosen.items()}
     subtitles = {n: rank_text(v).rstrip(" ·") for n, v in chosen.items()}
     return figures.topk_bars(dists, "Next-token distribution (top 10)", methods, subtitles)
@@ -155,11 +158,10 @@ def passage_perplexity(
     if not passage or len(passage.strip()) < 2:
         raise gr.Error("Paste a passage of at least a few characters.")
     tokenizer = get_base(store, session, base_name).processor
-    rows, truncated = [], False
-    for n, v in chosen.items():
-        result = infer.perplexity(v.model, tokenizer, passage, max_tokens=LIMITS.max_perplexity_tokens)
-        truncated |= result.truncated
-        rows.append([n, round(result.perplexity, 3), round(result.loss, 4), result.tokens])
+    plan = batch.plan(store, session, base_name, chosen)
+    results = batch.perplexity(plan, tokenizer, passage, max_tokens=LIMITS.max_perplexity_tokens)
+    rows = [[n, round(r.perplexity, 3), round(r.loss, 4), r.tokens] for n, r in results.items()]
+    truncated = any(r.truncated for r in results.values())
     notice = f"Scored the first {LIMITS.max_perplexity_tokens} tokens only." if truncated else ""
     return frame(rows, PPL_TABLE), notice
 

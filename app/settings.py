@@ -3,6 +3,9 @@
 The README's "Limits of a public deployment" lists every variable. The library reads two of its own:
 ``HORA_MAX_BASE_PARAMS`` (the largest base model a visitor can make the server build, ``hora.models``) and
 ``HORA_PUBLIC`` / ``SPACE_ID`` (public mode, ``hora.hub.public_mode``).
+
+``HORA_MAX_SERVER_MEMORY`` is read at each check (``max_server_memory``): above it, the server refuses to start a
+new fine-tune (``app.guard.check_memory``) rather than be killed by the kernel for want of memory.
 """
 
 from __future__ import annotations
@@ -56,6 +59,26 @@ class Limits:
 
 
 LIMITS = Limits()
+
+
+DEFAULT_SERVER_MEMORY = 0.75
+"""The default memory ceiling, as a fraction of the memory the server may use (its container's limit, else the
+machine's): 12 GiB on a 16 GB ``cpu-basic`` Space. A fine-tune of the largest served base (SmolLM2, 135 M parameters)
+holds a float32 training copy of it, its gradients' and optimiser's state and activations while it runs, about
+2.5 GiB on top of the server; the quarter left above the ceiling is room for that one run (one trains at a time,
+``HORA_TRAINING_CONCURRENCY``) and for the inference traffic meanwhile."""
+
+
+def max_server_memory(total: int) -> int:
+    """The memory ceiling in bytes: ``HORA_MAX_SERVER_MEMORY`` as MiB (``6000``) or, at most 1, as a fraction of
+    ``total`` (``0.75``); ``DEFAULT_SERVER_MEMORY`` of ``total`` when unset or not a positive number."""
+    try:
+        value = float(os.environ.get("HORA_MAX_SERVER_MEMORY", "").strip() or DEFAULT_SERVER_MEMORY)
+    except ValueError:
+        value = DEFAULT_SERVER_MEMORY
+    if not value > 0:
+        value = DEFAULT_SERVER_MEMORY
+    return int(value * total) if value <= 1 else int(value * 2**20)
 
 
 def clamp(value: float | None, low: float, high: float) -> float:

@@ -1,9 +1,12 @@
 """The models the explorer can run: bases loaded once and shared, each with its adapters.
 
-Every adapter gets its own module tree over its base (LoRA, HoRA, DoRA and DoRAN cannot share one PeftModel), so
-the variants of a base run side by side; the trees share the base's frozen weights (``hora.variants.shared_copy``),
-so a 135 M-parameter base is held once whatever the number of adapters. Adapters a user trains live in that user's
-session (``SessionModels``), never in the shared store.
+Every adapter gets its own module tree over its base (LoRA, HoRA, DoRA and DoRAN cannot share one PeftModel), for
+the Heads tab and anything else that needs a real ``PeftModel``; the trees share the base's frozen weights
+(``hora.variants.shared_copy``), so a 135 M-parameter base is held once whatever the number of adapters. To run side
+by side, each base also has one ``hora.mixed.MixedModel`` (``mixed_of``) into which its variants are registered once
+loaded (``serve``): one forward pass then serves every chosen variant, a row each. Adapters a user trains live in
+that user's session (``SessionModels``), never in the shared store; in a base's MixedModel they are registered under
+the session's own prefix (``SessionModels.prefix``), which only that session names, and removed when it ends.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import shutil
 import tempfile
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache, partial
@@ -22,6 +26,7 @@ from typing import Any, Literal
 
 from torch import nn
 
+from hora.mixed import MixedModel
 from hora.variants import shared_copy
 
 
@@ -83,6 +88,8 @@ class Variant:
     source: str
     info: dict[str, Any] = field(default_factory=dict)  # what its card says: rank, trainable params, metrics
     summary: dict[str, Any] | None = field(default=None, repr=False)
+    served: tuple[MixedModel, str] | None = field(default=None, repr=False, compare=False)  # where it is registered
+    batchable: bool = field(default=True, repr=False, compare=False)  # False: a mixed batch cannot serve it
 
 
 @dataclass
@@ -97,6 +104,8 @@ class Base:
     info: dict[str, Any] = field(default_factory=dict)  # what its card says: what it is, what it was trained on
     fingerprint: str | None = None  # an embedded base's files (hora.hub.embedded_fingerprint): first paints' key
     summary: dict[str, Any] | None = field(default=None, repr=False)  # of the bare model, as for a Variant
+    mixed: MixedModel | None = field(default=None, repr=False, compare=False)  # see mixed_of
+    lock: Any = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def fresh_copy(self) -> nn.Module:
         """A new module tree over the base's (shared, frozen) weights, for a new adapter."""
@@ -105,6 +114,34 @@ class Base:
 
 Variant.model = _deferrable("model")
 Base.model, Base.processor = _deferrable("model"), _deferrable("processor")
+
+
+def mixed_of(base: Base) -> MixedModel:
+    """The base's ``MixedModel``, made from its (loaded) model on first use; the bare base is served in it as
+    ``"base"`` when it is a variant of its own (a backbone whose reference is a probe is not)."""
+    if base.mixed is None:
+        with base.lock:
+            if base.mixed is None:
+                base.mixed = MixedModel(base.model, base_name="base" if "base" in base.variants else None)
+    return base.mixed
+
+
+def serve(mixed: MixedModel, variant: Variant, name: str) -> str | None:
+    """``variant``'s name in ``mixed``, registered under ``name`` the first time (its terms only: no copy of the
+    base); None when a mixed batch cannot serve it (it then runs on its own, and is not tried again)."""
+    if variant.served is not None and variant.served[0] is mixed:
+        return variant.served[1]
+    if not variant.batchable:
+        return None
+    try:
+        if name != mixed.base_name:
+            mixed.register(name, variant.model, replace=True)
+    except ValueError as error:  # e.g. an adapter type mixed batches do not know: it runs on its own
+        logger.info("%s runs on its own, not in mixed batches: %s", name, error)
+        variant.batchable = False
+        return None
+    variant.served = (mixed, name)
+    return name
 
 
 def summarise(model: nn.Module) -> dict[str, Any]:
@@ -166,11 +203,13 @@ class ModelStore:
             self.bases[base_name].variants[variant.name] = variant
 
     def load_all(self) -> None:
-        """Load every model not in memory yet, base by base (a failure is logged; it shows again on use)."""
+        """Load every model not in memory yet, base by base, and register each in its base's ``MixedModel`` (a
+        failure is logged; it shows again on use)."""
         for base in list(self.bases.values()):
-            for variant in list(base.variants.values()):
+            for name, variant in list(base.variants.items()):
                 try:
                     variant.model  # noqa: B018 - reading it loads it
+                    serve(mixed_of(base), variant, name)
                 except Exception:
                     logger.exception("loading %s / %s failed", base.name, variant.name)
 
@@ -193,9 +232,25 @@ class SessionModels:
     cancel: threading.Event | None = None
     finished: threading.Event | None = None  # set when the last fine-tune has yielded all it trained
     workdir: Path | None = None
+    key: str | None = None  # made on first use (gr.State deep-copies the value it starts from, key None included)
 
     def add(self, base_name: str, variant: Variant) -> None:
         self.variants.setdefault(base_name, {})[variant.name] = variant
+
+    @property
+    def prefix(self) -> str:
+        """What this session's own variants are named with in a base's ``MixedModel`` (random; no other session
+        can name them)."""
+        if self.key is None:
+            self.key = uuid.uuid4().hex
+        return f"session-{self.key}/"
+
+    def unserve(self) -> None:
+        """Remove this session's variants from every ``MixedModel`` they were registered in."""
+        own = [v for by_name in self.variants.values() for v in by_name.values()]
+        own += [v for base in self.bases.values() for v in base.variants.values()]
+        for mixed in {id(v.served[0]): v.served[0] for v in own if v.served is not None}.values():
+            mixed.unregister_prefix(self.prefix)
 
     def folder(self) -> Path:
         """This session's private temporary folder (uploads, trained adapters, zips), made on first use."""
@@ -205,9 +260,11 @@ class SessionModels:
         return self.workdir
 
     def close(self) -> None:
-        """Stop any run and delete the session's folder: called when the session ends."""
+        """Stop any run, remove its variants from the shared MixedModels and delete the session's folder: called
+        when the session ends."""
         if self.cancel is not None:
             self.cancel.set()
+        self.unserve()
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             _LIVE_FOLDERS.discard(self.workdir)

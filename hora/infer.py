@@ -12,7 +12,7 @@ import inspect
 import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -116,13 +116,15 @@ def _takes_logits_to_keep(model_class: type) -> bool:
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_k: int, generator: torch.Generator) -> int:
-    """One token from (V,) logits: greedy at temperature 0, else softmax(logits / T) within the top k."""
+    """One token from (V,) logits: greedy at temperature 0, else softmax(logits / T) within the top k, drawn among
+    those k only (a draw over the whole vocabulary with the rest masked out costs a pass over every entry, several
+    milliseconds a token for a 49k vocabulary on a CPU, for the same distribution)."""
     if temperature <= 0:
         return int(logits.argmax())
     logits = logits.float() / temperature
     if 0 < top_k < logits.numel():
-        kth = logits.topk(top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, -math.inf)
+        top = logits.topk(top_k)
+        return int(top.indices[int(torch.multinomial(top.values.softmax(-1).cpu(), 1, generator=generator))])
     return int(torch.multinomial(logits.softmax(-1).cpu(), 1, generator=generator))
 
 
@@ -244,12 +246,14 @@ def classify_many(
     mixed: MixedModel, processor, image: Image.Image, names: Sequence[str], top_k: int = 5
 ) -> dict[str, Prediction]:
     """``classify`` under every variant of ``names`` in one forward pass (one row each); every prediction's latency
-    is that one call's (preprocessing included). Labels are each variant's own."""
+    is that one call's, the same for all (preprocessing included). Labels are each variant's own."""
     names = _names(names)
     start = time.perf_counter()
     pixels = processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"].to(mixed.device)
     logits = mixed(names, pixel_values=pixels.expand(len(names), *pixels.shape[1:])).logits.float()  # (N, L)
-    return {name: _prediction(logits[i], mixed.labels(name), top_k, start) for i, name in enumerate(names)}
+    found = {name: _prediction(logits[i], mixed.labels(name), top_k, start) for i, name in enumerate(names)}
+    latency = (time.perf_counter() - start) * 1000
+    return {name: replace(prediction, latency_ms=latency) for name, prediction in found.items()}
 
 
 @torch.no_grad()

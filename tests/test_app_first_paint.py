@@ -45,22 +45,22 @@ def heads_view(ctx: Context) -> tuple:
 
 
 def test_the_second_start_paints_from_memory(ctx, monkeypatch):
-    classified = calls_of(monkeypatch, infer, "classify")
-    predicted = calls_of(monkeypatch, infer, "next_token_topk")
+    classified = calls_of(monkeypatch, infer, "classify_many")  # the base and its adapters in one batch
+    predicted = calls_of(monkeypatch, infer, "next_token_topk_many")
     viewed = calls_of(monkeypatch, analysis, "explorer_view")
     vision, lm, view = (
         compare.first_vision(ctx, "tiny-vit"),
         language.first_language(ctx, "tiny-llama"),
         heads_view(ctx),
     )
-    # the base and its two adapters, each warmed up once before its latency is measured; 2 adapters
-    assert (len(classified), len(predicted), len(viewed)) == (6, 3, 2)
+    # the batch of the base and its two adapters warmed up once before its latency is measured; 2 adapters
+    assert (len(classified), len(predicted), len(viewed)) == (2, 1, 2)
     again_vision, again_lm, again_view = (
         compare.first_vision(ctx, "tiny-vit"),
         language.first_language(ctx, "tiny-llama"),
         heads_view(ctx),
     )
-    assert (len(classified), len(predicted), len(viewed)) == (6, 3, 2)
+    assert (len(classified), len(predicted), len(viewed)) == (2, 1, 2)
     assert traces(again_vision["plot"]) == traces(vision["plot"]) and traces(vision["plot"])
     assert again_vision["table"].equals(vision["table"]) and len(vision["table"]) == 3 and vision["truth"] == "one"
     assert again_vision["note"] == vision["note"]
@@ -96,20 +96,20 @@ def test_the_knockout_paints_once_with_the_example_its_adapters_are_least_sure_o
 
 
 def test_other_weights_or_no_fingerprint_are_computed_afresh(ctx, monkeypatch):
-    classified = calls_of(monkeypatch, infer, "classify")
+    classified = calls_of(monkeypatch, infer, "classify_many")
     compare.first_vision(ctx, "tiny-vit")
     ctx.store.bases["tiny-vit"].fingerprint = "retrained weights"
     compare.first_vision(ctx, "tiny-vit")
     ctx.store.bases["tiny-vit"].fingerprint = None  # e.g. a base that is not embedded
     compare.first_vision(ctx, "tiny-vit")
     compare.first_vision(ctx, "tiny-vit")
-    assert len(classified) == 24  # 3 models, a warm-up and a measured run each, 4 times
+    assert len(classified) == 8  # one batch of 3 models, a warm-up and a measured run, 4 times
 
 
 def test_the_language_first_paint_scores_its_passage_and_remembers_it(ctx, monkeypatch):
     """The perplexity table is filled on first paint (it was empty), from memory on the next start."""
-    scored = calls_of(monkeypatch, infer, "perplexity")
+    scored = calls_of(monkeypatch, infer, "perplexity_many")  # the three models in one batch
     first = language.first_language(ctx, "tiny-llama")
     again = language.first_language(ctx, "tiny-llama")
-    assert len(scored) == 3 and len(first["table"]) == 3 and again["table"].equals(first["table"])
+    assert len(scored) == 1 and len(first["table"]) == 3 and again["table"].equals(first["table"])
     assert first["passage"] == "To be, or not to be"  # a tokenizer without a chat template: the plain passage

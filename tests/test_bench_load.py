@@ -18,12 +18,15 @@ from hora.cli import main
 
 
 @pytest.mark.slow
-def test_four_users_for_twenty_seconds(capsys):
+def test_four_users_for_twenty_seconds(capsys, tmp_path):
     if not hub.embedded_assets():
         pytest.skip(f"no embedded assets under {hub.assets_dir()}")
-    code = main(["bench", "load", "--users", "4", "--seconds", "20", "--finetune-steps", "2", "--timeout", "60"])
+    argv = ["bench", "load", "--users", "4", "--seconds", "20", "--finetune-steps", "2", "--timeout", "60"]
+    code = main([*argv, "--json", str(tmp_path / "out" / "load.json")])
     captured = capsys.readouterr()
     summary = json.loads(captured.out.strip().splitlines()[-1])  # the JSON summary is the last line
+    written = json.loads((tmp_path / "out" / "load.json").read_text())  # and the same report for the docs
+    assert {**written, "ok": summary["ok"]} == summary
     assert summary["failures"] == 0, summary["errors"]
     assert code == 0
     counts = {name: stats["count"] for name, stats in summary["endpoints"].items()}

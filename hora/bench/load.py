@@ -7,10 +7,12 @@ and the server's RSS (with its children, every 0.5 s), then a JSON summary; exit
 ``run_adversarial`` (``--adversarial``): well-behaved users who classify and generate, alone, then while one client
 floods fine-tunes (``flood`` kept submitted without waiting, at most ``FLOOD_RATE`` a second); per phase what they
 got (served, failures, p50 / p95), the p95 ratio, what became of the flood, the server's peak memory.
+``--json PATH`` also writes the summary to PATH (JSON), for the docs' tables.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import math
@@ -22,10 +24,11 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hora.bench.report import adversarial_table
 from hora.bench.server import RssSampler, free_port, rss, start_app, stop_app, tail
@@ -415,4 +418,66 @@ def run_adversarial(
     return summary | {"rss_mib": {"start": _mib(rss_start), "peak": peak}, "machine": _machine()}
 
 
-__all__ = ["ENDPOINTS", "MIX", "POLITE_MIX", "adversarial_table", "run", "run_adversarial", "table"]
+def write_json(report: dict, path: str | os.PathLike) -> None:
+    """``report`` as JSON at ``path`` (written atomically; its folder is made)."""
+    from hora.io import write_atomic
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(report, indent=1, default=str))
+
+
+# --- Command line ------------------------------------------------------------------------------------------------
+
+
+def add_parser(bench: Any) -> None:
+    """``python -m hora bench load``: registered by ``hora.cli``."""
+    p = bench.add_parser("load", help="N concurrent gradio_client users against the explorer on 127.0.0.1")
+    p.add_argument("--users", type=int, default=None, help="default: 16 (--adversarial: 8 well-behaved users)")
+    p.add_argument("--seconds", type=float, default=None, help="default: 120 (--adversarial: 60 per phase)")
+    p.add_argument(
+        "--adversarial",
+        action="store_true",
+        help="the users classify and generate, alone and then while one client floods fine-tunes",
+    )
+    p.add_argument("--flood", type=int, default=80, help="--adversarial: fine-tunes the flooder keeps submitted")
+    p.add_argument("--flood-steps", type=int, default=60, help="--adversarial: steps of each flooded fine-tune")
+    p.add_argument("--port", type=int, default=None, help="default: a free port")
+    p.add_argument("--finetune-users", type=int, default=None, help="default: a quarter of the users")
+    p.add_argument("--finetune-steps", type=int, default=5)
+    p.add_argument("--max-requests", type=int, default=500, help="per user")
+    p.add_argument("--timeout", type=float, default=120.0, help="per request, seconds")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the summary to PATH (JSON)")
+    p.set_defaults(run_cli=run_cli)
+
+
+def run_cli(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
+    """Run what the options say; the table (and the server log's tail, after a failure) goes to ``log``."""
+    if args.adversarial:
+        users, seconds = args.users or 8, args.seconds or 60.0
+        report = run_adversarial(users, seconds, args.port, args.flood, args.flood_steps, args.timeout)
+    else:
+        users, seconds = args.users or 16, args.seconds or 120.0
+        report = run(
+            users, seconds, args.port, args.finetune_users, args.finetune_steps, args.max_requests, args.timeout
+        )
+    log(table(report))
+    if report["server_log_tail"]:
+        log("server log (tail):\n" + report["server_log_tail"])
+    report = {"command": "bench load", **report}
+    if args.json:
+        write_json(report, args.json)
+    return report
+
+
+__all__ = [
+    "ENDPOINTS",
+    "MIX",
+    "POLITE_MIX",
+    "add_parser",
+    "adversarial_table",
+    "run",
+    "run_adversarial",
+    "run_cli",
+    "table",
+    "write_json",
+]

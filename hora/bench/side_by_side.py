@@ -260,6 +260,7 @@ def add_parser(bench: Any) -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed rounds of the generation case (classify: 2 more)")
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--threads", type=int, default=None, help="torch's threads (default: as torch sets them)")
+    p.set_defaults(run_cli=run_cli)
 
 
 def run_cli(args: argparse.Namespace, log: Callable[[str], None]) -> dict:

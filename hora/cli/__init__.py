@@ -9,6 +9,7 @@
     python -m hora bench cold-start --runs 3                       # the explorer, as a browser sees it
     python -m hora bench load --users 16 --seconds 120             # the explorer under concurrent users
     python -m hora bench load --adversarial                        # ... and while one client floods fine-tunes
+    python -m hora bench serving --json serving.json               # side by side in one batch; a fine-tune's memory
     python -m hora bench step-size --out runs/step-size.json       # how far a step moves each method's update
     python -m hora bench side-by-side --out runs/sbs.json          # N variants in one batch vs one at a time
     python -m hora push runs/hora user/my-hora-adapter          # token from HF_TOKEN

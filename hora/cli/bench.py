@@ -1,7 +1,8 @@
 """``python -m hora bench ...``: one subcommand per benchmark, its options and how it runs.
 
 Each benchmark's module does the measuring; this module only parses and dispatches. A benchmark whose module
-declares its own options (``hora.bench.commands``: speed and ops; ``hora.bench.side_by_side``) adds them itself.
+declares its own options (``hora.bench.commands``: speed and ops; ``load``, ``serving``, ``side_by_side``) adds them
+itself.
 """
 
 from __future__ import annotations
@@ -33,21 +34,6 @@ def add_bench_parsers(bench: Any) -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--first", action="store_true", help="also a first-ever start: empty cache, bases converted")
     p.add_argument("--json", default=None, help="also write the report to this JSON file (what the docs render)")
-    p = bench.add_parser("load", help="N concurrent gradio_client users against the explorer on 127.0.0.1")
-    p.add_argument("--users", type=int, default=None, help="default: 16 (--adversarial: 8 well-behaved users)")
-    p.add_argument("--seconds", type=float, default=None, help="default: 120 (--adversarial: 60 per phase)")
-    p.add_argument(
-        "--adversarial",
-        action="store_true",
-        help="the users classify and generate, alone and then while one client floods fine-tunes",
-    )
-    p.add_argument("--flood", type=int, default=80, help="--adversarial: fine-tunes the flooder keeps submitted")
-    p.add_argument("--flood-steps", type=int, default=60, help="--adversarial: steps of each flooded fine-tune")
-    p.add_argument("--port", type=int, default=None, help="default: a free port")
-    p.add_argument("--finetune-users", type=int, default=None, help="default: a quarter of the users")
-    p.add_argument("--finetune-steps", type=int, default=5)
-    p.add_argument("--max-requests", type=int, default=500, help="per user")
-    p.add_argument("--timeout", type=float, default=120.0, help="per request, seconds")
     p = bench.add_parser(
         "quant-transfer", help="adapters trained on 4-bit-rounded weights, evaluated on the original ones and back"
     )
@@ -71,9 +57,10 @@ def add_bench_parsers(bench: Any) -> None:
         "--adapters", type=csv_list, required=True, help="one PEFT type, comma-separated (a name may repeat)"
     )
     p.add_argument("--rounds", type=int, default=10)
-    from hora.bench.side_by_side import add_parser
+    from hora.bench import load, serving, side_by_side
 
-    add_parser(bench)
+    for module in (load, serving, side_by_side):  # each registers its own options and its run_cli
+        module.add_parser(bench)
 
 
 def _stderr_line(line: str) -> None:
@@ -106,23 +93,6 @@ def cmd_bench(args: argparse.Namespace) -> dict:
         report = coldstart.run(args.runs, args.first, log=_stderr_line)
         _write_json(args.json, report)
         return {"command": "bench cold-start", **report}
-    if args.bench == "load":
-        from hora.bench import load
-
-        if args.adversarial:
-            users, seconds = args.users or 8, args.seconds or 60.0
-            report = load.run_adversarial(users, seconds, args.port, args.flood, args.flood_steps, args.timeout)
-        else:
-            users, seconds = args.users or 16, args.seconds or 120.0
-            report = load.run(
-                users, seconds, args.port, args.finetune_users, args.finetune_steps, args.max_requests, args.timeout
-            )
-        print(load.table(report), file=sys.stderr)
-        if report["server_log_tail"]:
-            print("server log (tail):\n" + report["server_log_tail"], file=sys.stderr)
-        if report["failures"]:
-            raise BenchFailedError(f"{report['failures']} requests failed", {"command": "bench load", **report})
-        return {"command": "bench load", **report}
     if args.bench == "quant-transfer":
         from hora.bench import quant_transfer
 
@@ -132,8 +102,11 @@ def cmd_bench(args: argparse.Namespace) -> dict:
         report = quant_transfer.measure(args.base, args.data, **options, log=_stderr_line)
         _write_json(args.json, {"base_model": args.base, **options, **report})
         return {"command": "bench quant-transfer", **report}
-    if args.bench == "side-by-side":
-        return bench.side_by_side.run_cli(args, log=_stderr_line)
+    if hasattr(args, "run_cli"):  # a benchmark that parses and runs itself (load, serving, side-by-side)
+        report = args.run_cli(args, log=_stderr_line)
+        if report.get("failures"):
+            raise BenchFailedError(f"{report['failures']} requests failed", report)
+        return report
     if args.bench == "step-size":
         from hora.bench import step_size
         from hora.io import write_atomic
