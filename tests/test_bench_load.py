@@ -21,7 +21,7 @@ from hora.cli import main
 def test_four_users_for_twenty_seconds(capsys, tmp_path):
     if not hub.embedded_assets():
         pytest.skip(f"no embedded assets under {hub.assets_dir()}")
-    argv = ["bench", "load", "--users", "4", "--seconds", "20", "--finetune-steps", "2", "--timeout", "60"]
+    argv = ["bench", "load", "--users", "4", "--seconds", "20", "--finetune-steps", "2", "--timeout", "120"]
     code = main([*argv, "--json", str(tmp_path / "out" / "load.json")])
     captured = capsys.readouterr()
     summary = json.loads(captured.out.strip().splitlines()[-1])  # the JSON summary is the last line

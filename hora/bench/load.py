@@ -102,6 +102,18 @@ def _checks(names: list[str]) -> dict:
     }
 
 
+HEADS_PLOTS = 5  # similarity, per-layer summary, ΔW_h, factors, generator PCA; then the two captions
+
+
+def _heads_check(out: tuple) -> str | None:
+    """The Heads view: its plots, each a plotly figure, and its captions, each a sentence."""
+    plots = [o for o in out if isinstance(o, dict) and "plot" in o]
+    captions = [o for o in out if isinstance(o, str) and o.strip()]
+    if len(plots) != HEADS_PLOTS or len(captions) != len(out) - HEADS_PLOTS:
+        return f"{len(plots)} plots and {len(captions)} captions in {len(out)} outputs"
+    return None
+
+
 def _call(client, records: list[Record], endpoint: str, args: tuple, timeout: float, check=None):
     """One request through the queue (submit, then wait for the final output); records latency and any failure."""
     start = time.perf_counter()
@@ -182,7 +194,7 @@ def user(
                 chosen = rng.sample(adapters, min(2, len(adapters)))
                 metric = rng.choice(["cosine", "subspace", "cka"])
                 args = (heads_base, chosen, rng.choice(layers), rng.choice(projections), metric)
-                check = lambda out: None if len(out) == 5 else f"{len(out)} plots"  # noqa: E731
+                check = _heads_check
             else:  # finetune
                 args = _finetune_args(plan, index, finetune_steps)
                 check = lambda out: None if str(out[0]).startswith("Done.") else f"status {out[0]!r}"[:300]  # noqa: E731
