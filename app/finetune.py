@@ -47,7 +47,7 @@ from app.guard import FairShareError, TrainingBudget, check_memory
 from app.heads import HeadsTab, options
 from app.settings import LIMITS, clamp, max_server_memory
 from app.store import ModelStore, SessionModels, Variant, base_names, get_base
-from hora.config import TrainConfig
+from hora.config import TrainConfig, compile_pays_off
 from hora.jobs import train_in_turn
 from hora.methods import METHODS, label
 from hora.models import memory_bytes
@@ -227,6 +227,7 @@ def _configs(
             max_eval=int(clamp(recipe["max_eval"], 8, 2048)) if recipe.get("max_eval") else None,
             image_size=int(clamp(recipe["image_size"], 28, 518)) if recipe.get("image_size") else None,
             keep_best=bool(recipe.get("keep_best", False)),  # a real base overfits a few-shot sample within 30 steps
+            compile=compile_pays_off(),
         )
         for method in methods
     ]

@@ -134,4 +134,13 @@ class TrainConfig:
             raise ValueError(f"`device` must be 'auto' or 'cpu', got {self.device!r}.")
 
 
-__all__ = ["TrainConfig"]
+def compile_pays_off() -> bool:
+    """Whether ``TrainConfig(compile=True)`` is worth asking for here: on a CUDA GPU, where compiling fuses the
+    generator's many small kernels (``python -m hora bench speed --compile`` measures it); on a CPU compiling costs
+    more than a short run saves."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+__all__ = ["TrainConfig", "compile_pays_off"]

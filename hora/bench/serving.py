@@ -30,7 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hora.bench.load import _choices, _machine, visitor, write_json
+from hora.bench.load import _machine, write_json
+from hora.bench.load_users import choices, visitor
 from hora.bench.server import RssSampler, free_port, rss, start_app, stop_app
 
 
@@ -78,7 +79,7 @@ def _token_counts(base: str, texts: dict[str, str]) -> dict[str, int]:
 
 def side_by_side(client: Any, base: str, repeats: int, log: Callable[[str], None]) -> dict[str, Any]:
     """The base and every adapter together against the base alone, through ``/generate``."""
-    names = _choices(client.predict(base, api_name="/lm_models"))
+    names = choices(client.predict(base, api_name="/lm_models"))
     if "base" not in names or len(names) < 2:
         raise SystemExit(f"{base} is not served with its adapters: its models are {names}.")
     ways = {"alone": ["base"], "together": names}
@@ -120,7 +121,7 @@ def finetune_memory(
     client = Client(url, verbose=False, download_files=False, headers=visitor(1))
     try:
         update = next(u for u in client.predict(base, api_name="/finetune_samples") if "choices" in u)
-        sample = update.get("value") or _choices(update)[0]  # the base's own sample, as the tab selects it
+        sample = update.get("value") or choices(update)[0]  # the base's own sample, as the tab selects it
         sampler = RssSampler(pid)
         sampler.start()
         start = time.perf_counter()
@@ -130,7 +131,7 @@ def finetune_memory(
         log(f"fine-tune ({', '.join(methods)}, {steps} steps each): {took:.1f} s; {status.splitlines()[0]}")
         after_run = _settled_rss(pid, settle)
         message = client.predict(api_name="/use_adapters")[0]
-        yours = [n for n in _choices(client.predict(base, api_name="/lm_models")) if n.endswith("(yours)")]
+        yours = [n for n in choices(client.predict(base, api_name="/lm_models")) if n.endswith("(yours)")]
         client.predict(base, PROMPT, ["base", *yours], api_name="/next_tokens")  # registered and run
         after_use = _settled_rss(pid, settle)
     finally:
