@@ -141,5 +141,12 @@ def headline(_: str) -> str:
         for i, (pair, size, cell, verdict) in enumerate(paired_rows(report, HEADLINE_PAIRS)):
             where = f"**{label}**: {report['metric_label']}" if i == 0 else ""
             rows.append([where, pair, f"{size} {report['shots_label']}", cell, verdict])
+    verdicts = [row[-1] for row in rows if row[1].startswith("HoRA")]
+    wins = sum(v.startswith("HoRA") for v in verdicts)
+    losses = sum(v.startswith("LoRA") for v in verdicts)
+    sentence = (
+        f"In {len(verdicts)} paired comparisons of HoRA's default with LoRA, HoRA is better in {wins}, worse in "
+        f"{losses}, and no difference is shown in {len(verdicts) - wins - losses}."
+    )
     header = ["base: test metric", "A − B", "training set", f"mean difference [95% interval], {max(seeds)} seeds"]
-    return hora_cards.table([*header, "reading"], rows)
+    return sentence + "\n\n" + hora_cards.table([*header, "reading"], rows)
