@@ -37,7 +37,7 @@ def _machine_line(machine: dict, load_before: float | None, load_after: float | 
     where = f"{machine.get('cpus_usable', machine.get('cpus'))} CPU cores ({machine.get('platform', '')})"
     if load_before is None:
         return f"Measured on {where}."
-    return f"Measured on {where}; load average {load_before} before, {load_after} after."
+    return f"Measured on {where}; load average {load_before:.2f} before, {load_after:.2f} after."
 
 
 def serving(_: str) -> str:
@@ -116,7 +116,13 @@ def adversarial(_: str) -> str:
     from hora import cards as hora_cards
 
     r = read_json(EXPLORER / "adversarial.json")
-    header = ["phase", f"requests served ({r['users']} users)", "failed", "p50 / p95", "server peak"]
+    header = [
+        "phase",
+        f"requests served ({r['users']} users, {r['seconds']:.0f} s)",
+        "failed",
+        "p50 / p95",
+        "server peak",
+    ]
     rows = [
         [
             name,
@@ -128,9 +134,10 @@ def adversarial(_: str) -> str:
         for name, p in r["phases"].items()
     ]
     flood = r["flood"]
+    refusal = " ".join(str(flood["first_refusal"]).split()).split("base_name: ")[-1]  # the message, not its wrapper
     return hora_cards.table(header, rows) + (
         f"\n\nThe flooder kept {flood['outstanding']} fine-tunes of {flood['steps']} steps submitted: "
         f"{flood['submitted']} submitted, {flood['refused']} refused at the door, {flood['completed']} completed, "
-        f'{flood["cancelled"]} cancelled at the end (first refusal: "{flood["first_refusal"]}"). The users\' p95 with '
+        f'{flood["cancelled"]} cancelled at the end (the first refusal said: "{refusal}"). The users\' p95 with '
         f"the flood over without: {r['p95_ratio']}. " + _machine_line(r["machine"], None, None)
     )
