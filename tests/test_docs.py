@@ -26,7 +26,7 @@ def test_every_table_of_numbers_is_generated():
         text = path.read_text(encoding="utf-8")
         outside = docs.BLOCK.sub("", text)
         for line in outside.splitlines():
-            if line.startswith("|") and NUMBER.search(line):
+            if line.startswith("|") and NUMBER.search(re.sub(r"`[^`]*`", "", line)):  # code (versions, values) aside
                 typed.append(f"{path.relative_to(docs.ROOT)}: {line[:80]}")
     assert not typed, "tables typed by hand:\n" + "\n".join(typed)
 
