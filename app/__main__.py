@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 
 
@@ -40,8 +41,11 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a stopped container exits through atexit too
     timings: dict[str, float] = {}
 
+    all_loaded = threading.Event()
+
     def loaded() -> None:  # python -m hora bench cold-start waits for this line before measuring memory at rest
         print(f"hora explorer: every model loaded {time.perf_counter() - STARTED:.2f} s", file=sys.stderr, flush=True)
+        all_loaded.set()
 
     demo = create_app(timings, on_loaded=loaded)
     # where the start-up time went (python -m hora bench cold-start reads this line)
@@ -53,6 +57,12 @@ def main() -> None:
     )
     if not args.prepare:
         launch(demo, server_name=args.host, server_port=args.port)
+    else:  # every model loaded once, by the loading thread: leaving while it runs in torch would abort the process
+        loading = [t for t in threading.enumerate() if t.name == "load-models"]
+        while not all_loaded.wait(1.0) and any(t.is_alive() for t in loading):
+            pass
+        if not all_loaded.is_set():
+            raise SystemExit("python -m app --prepare: the models did not all load (see the error above).")
 
 
 if __name__ == "__main__":
