@@ -13,29 +13,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import zipfile
 from pathlib import Path
 
 import pytest
+from chromium import chromium, expect, needs_chromium
 
 from hora.methods import label
 
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "screenshots"
-if os.environ.get("HORA_REQUIRE_BROWSER") == "1":  # CI: a missing browser is a failure, not a skip
-    assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing: apt-get install chromium"
-    import playwright.sync_api as playwright_api
-else:
-    pytestmark = pytest.mark.skipif(
-        not os.path.exists(CHROMIUM), reason="needs Debian's chromium (apt-get install chromium)"
-    )
-    playwright_api = pytest.importorskip("playwright.sync_api")
-from hora.bench.coldstart import CHROMIUM_ARGS  # noqa: E402 - no sandbox, no GPU, no background traffic to Google
-
-
-expect = playwright_api.expect
+pytestmark = needs_chromium
 TABS = ("Compare", "Heads", "Fine-tune", "Models")
 
 # WCAG 2.1 contrast of every visible text against what is behind it (backgrounds composited, opacity applied).
@@ -116,10 +104,8 @@ def app_url(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(app_url):
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 def open_page(browser, url: str, width: int, height: int):

@@ -10,31 +10,20 @@ without Chromium, playwright or the embedded assets.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
+from chromium import chromium, expect, needs_chromium
 from PIL import Image
 
 from hora import coupling, hub, knockout
 
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "screenshots"
-if os.environ.get("HORA_REQUIRE_BROWSER") != "1":  # CI requires them (tests/test_browser.py says so)
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("needs Debian's chromium (apt-get install chromium)", allow_module_level=True)
-    pytest.importorskip("playwright.sync_api")
+pytestmark = needs_chromium
 if not hub.embedded_assets():
     pytest.skip("needs the embedded assets (python -m hora.assets build)", allow_module_level=True)
-import playwright.sync_api as playwright_api  # noqa: E402
-
-from hora.bench.coldstart import CHROMIUM_ARGS  # noqa: E402 - no sandbox, no GPU, no background traffic
-
-
-expect = playwright_api.expect
 FIGURE_JS = "(root) => ({data: root.data.map(t => ({...t})), layout: {...root.layout}})"
 OVERLAP_JS = """(root) => {
   const boxes = [...root.querySelectorAll('.infolayer .annotation-text, .infolayer .gtitle')]
@@ -93,10 +82,8 @@ def served():
 
 @pytest.fixture(scope="module")
 def browser(served):
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 def figure(page, key: str) -> dict:

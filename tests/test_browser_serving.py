@@ -4,27 +4,14 @@ the app on a store of tiny models (the embedded bases have their own browser tes
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 
 import pytest
+from chromium import chromium, expect, needs_chromium
 from helpers import tiny_samples, tiny_store
 
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-if os.environ.get("HORA_REQUIRE_BROWSER") == "1":  # CI: a missing browser is a failure, not a skip
-    assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing: apt-get install chromium"
-    import playwright.sync_api as playwright_api
-else:
-    pytestmark = pytest.mark.skipif(
-        not os.path.exists(CHROMIUM), reason="needs Debian's chromium (apt-get install chromium)"
-    )
-    playwright_api = pytest.importorskip("playwright.sync_api")
-from hora.bench.coldstart import CHROMIUM_ARGS  # noqa: E402 - no sandbox, no GPU, no background traffic to Google
-
-
-expect = playwright_api.expect
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +25,11 @@ def page(tmp_path_factory):
     Image.new("RGB", (16, 16), (200, 30, 30)).save(example)
     demo = build_app(tiny_store(root), examples=[str(example)], samples=tiny_samples(root / "samples"))
     _, url, _ = launch(demo, prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    with chromium() as browser:
         page = browser.new_page(viewport={"width": 1440, "height": 900})
         page.goto(url, wait_until="domcontentloaded")
         page.locator("#classify-btn").wait_for(timeout=60_000)
         yield page
-        browser.close()
     demo.close()
 
 
