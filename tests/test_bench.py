@@ -182,7 +182,7 @@ def test_sample_efficiency_variants_and_a_separate_test_set(setup, tmp_path):
 
 
 def test_quant_transfer_trains_on_both_bases_and_evaluates_each_run_on_both(capsys):
-    from hora.bench.quant_transfer import roundtrip
+    from hora.bench.quant_transfer import markdown_table, roundtrip
 
     weight = torch.randn(8, 64, generator=torch.Generator().manual_seed(0))
     rounded = roundtrip(weight, "Q4_1")
@@ -196,6 +196,9 @@ def test_quant_transfer_trains_on_both_bases_and_evaluates_each_run_on_both(caps
     runs = report["adapters"]["lora"]
     assert {t: set(by_eval) for t, by_eval in runs.items()} == {t: {"quantized", "original"} for t in runs}
     assert all(math.isfinite(runs[t][e]["mean"]) for t in runs for e in runs[t])
+    # the runs load a scratch copy and the original by path; the report names the base, never a path of this machine
+    assert report["peft_configs"]["lora"]["base_model_name_or_path"] == "lm-shakespeare"
+    assert " ± " not in markdown_table(report)  # one seed: no spread to show
 
 
 def test_variants_bench_serves_the_same_adapters_shared_and_swapped(capsys):

@@ -3,6 +3,7 @@ every benchmark table is a generated block, and a report measured with other set
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -70,3 +71,33 @@ def test_paired_differences_say_which_is_better_only_when_the_interval_excludes_
     hora_row = rows["HoRA r8, only B generated (default) − LoRA r8"]
     assert hora_row[2].startswith("+0.103") and hora_row[3] == "LoRA r8 better"
     assert rows["DoRA r8 − LoRA r8"][3] == "no difference shown"
+
+
+def test_a_tiny_grid_pairs_each_generated_method_with_its_static_one_by_seed():
+    report = json.loads((docs.ROOT / "assets" / "bench" / "lm-shakespeare" / "sample_efficiency.json").read_text())
+    block = docs.render_blocks("<!-- generated: tiny-grid lm-shakespeare -->\n<!-- end generated -->")
+    paired = {}
+    for line in block.split("Paired by seed:")[1].splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 4 and cells[0] in ("HoRA − LoRA", "DoRAN − DoRA"):
+            paired[cells[0], int(cells[1])] = cells
+    assert len(paired) == 2 * len(report["shots"])
+    for (pair, size), (_, _, cell, reading) in paired.items():
+        a, b = (name.strip().lower() for name in pair.split("−"))
+        by_seed = {
+            m: {r["seed"]: r["value"] for r in report["runs"] if r["method"] == m and r["shots"] == size}
+            for m in (a, b)
+        }
+        mean = sum(by_seed[a][s] - by_seed[b][s] for s in by_seed[a]) / len(by_seed[a])
+        assert cell.startswith(f"{mean:+.3f}")
+        low, high = (float(x) for x in cell.split("[")[1].rstrip("]").split(","))
+        # a loss: the interval above zero favours B, below zero favours A
+        expected = "no difference shown" if low <= 0 <= high else f"{pair.split(' − ')[1 if low > 0 else 0]} better"
+        assert reading == expected
+
+
+def test_a_sweep_reading_that_sets_a_field_on_purpose_is_not_called_stale():
+    sweep = json.loads((docs.ROOT / "assets" / "bench" / "smollm2-135m-instruct" / "lr_sweep.json").read_text())
+    assert sweep["readings"]["hora-a-and-b"]["method_args"] == {"generate_a": True}
+    block = docs.render_blocks("<!-- generated: lr-sweep smollm2-135m-instruct -->\n<!-- end generated -->")
+    assert "hora-a-and-b" in block and "predates" not in block

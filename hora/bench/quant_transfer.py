@@ -124,6 +124,12 @@ def _cross_evaluate(folders: dict[str, Path], run_dir: Path, dataset: Any, split
     return losses, alone
 
 
+def _named(config: dict | None, base: str) -> dict | None:
+    """The run's PEFT config with the base as the caller named it: the runs load the original from the conversion
+    cache and the rounded copy from a scratch folder, and a report must not record either path."""
+    return None if config is None else {**config, "base_model_name_or_path": base}
+
+
 def measure(
     base: str = "lm-shakespeare",
     data: str | Path | None = None,
@@ -169,7 +175,7 @@ def measure(
                 run_dir = root / "runs" / f"{method}-{trained_on}-seed{seed}"
                 config = _config(method, seed, steps, batch_size, lr, context)
                 metrics = train(folders[trained_on], dataset, config, out_dir=run_dir).metrics
-                split, peft_configs[method] = metrics["split"], metrics["method_info"]["peft_config"]
+                split, peft_configs[method] = metrics["split"], _named(metrics["method_info"]["peft_config"], base)
                 losses, alone = _cross_evaluate(folders, run_dir, dataset, split)
                 for evaluated_on, loss in losses.items():
                     adapters[method][trained_on][evaluated_on].append(loss)
@@ -201,6 +207,11 @@ def measure(
     return report
 
 
+def _mean_sd_cell(cell: dict[str, Any]) -> str:
+    """``mean ± sd`` over seeds; the mean alone for one seed, whose spread is unknown rather than 0."""
+    return f"{cell['mean']:.3f}" + (f" ± {cell['sd']:.3f}" if len(cell["runs"]) > 1 else "")
+
+
 def markdown_table(report: dict[str, Any]) -> str:
     """Held-out loss of every adapter and base on both bases, mean ± sd over seeds, as a README table."""
     rows = [
@@ -211,6 +222,6 @@ def markdown_table(report: dict[str, Any]) -> str:
     names = {"lora": "LoRA", "hora": "HoRA", "dora": "DoRA", "doran": "DoRAN"}
     for method, by_train in report["adapters"].items():
         for trained_on in BASES:
-            cells = [f"{by_train[trained_on][e]['mean']:.3f} ± {by_train[trained_on][e]['sd']:.3f}" for e in BASES]
+            cells = [_mean_sd_cell(by_train[trained_on][e]) for e in BASES]
             rows.append(f"| {names.get(method, method)} | {trained_on} | {cells[0]} | {cells[1]} |")
     return "\n".join(rows)

@@ -84,18 +84,46 @@ def lr_sweep(base: str) -> str:
     from hora.assets.lr_sweep import table
 
     report = read_json(ROOT / "assets" / "bench" / base / "lr_sweep.json")
-    runs = [(name, config, report["readings"][name]) for name, config in report["peft_configs"].items()]
+    readings = report["readings"]  # the fields a reading sets on purpose, its method's arguments included
+    runs = [
+        (name, config, {**readings[name].get("method_args", {}), **readings[name]})
+        for name, config in report["peft_configs"].items()
+    ]
     return with_notes(
         table(report), config_notes(r for r in runs if r[1] and r[1].get("peft_type") in ("HORA", "DORAN"))
     )
 
 
+TINY_PAIRS = (("hora", "lora"), ("doran", "dora"))  # each generated method against its static counterpart
+
+
 def tiny_grid(base: str) -> str:
-    from hora.assets.bench import markdown_table
+    """A tiny base's grid, then HoRA − LoRA and DoRAN − DoRA paired by seed (each seed draws the same chunks or
+    shots for every method), so a loss is read off the same kind of interval as the real bases' headline."""
+    from hora import cards as hora_cards
+    from hora.assets.bench import SPECS, markdown_table
+    from hora.methods import label
 
     report = read_json(ROOT / "assets" / "bench" / base / "sample_efficiency.json")
     runs = ((r["method"], r.get("peft_config"), {}) for r in report["runs"] if r["method"] in ("hora", "doran"))
-    return with_notes(markdown_table(report), config_notes(runs))
+    rows = [
+        [
+            f"{label(a)} − {label(b)}",
+            size,
+            cell,
+            verdict.replace(f"{a} ", f"{label(a)} ").replace(f"{b} ", f"{label(b)} "),
+        ]
+        for a, b in TINY_PAIRS
+        for pair, size, cell, verdict in paired_rows(report, ((a, b),))
+    ]
+    header = [
+        "A − B",
+        SPECS[report["base_model"]].shots_label,
+        f"mean difference [95% interval], {len(report['seeds'])} seeds",
+        "reading",
+    ]
+    paired_table = hora_cards.table(header, rows)
+    return with_notes(markdown_table(report) + "\n\nPaired by seed:\n\n" + paired_table, config_notes(runs))
 
 
 def embedded(base: str) -> str:

@@ -149,8 +149,10 @@ def speed(model: str) -> str:
         for method, row in report["train"].items()
         if method.split("+")[0] in ("hora", "doran")
     ]
-    machines = "; ".join(
-        f"{'H200' if k == 'h200' else 'CPU'}: {r.get('device_name', r['device'])}, torch threads {r['settings'].get('torch_threads')}"
+    machines = "; ".join(  # the two columns measure memory differently: say how, beside each machine
+        f"{'H200' if k == 'h200' else 'CPU'}: "
+        + (f"{r['device_name']}, " if r.get("device_name", r["device"]) != r["device"] else "")
+        + f"torch threads {r['settings'].get('torch_threads')}, memory is the {r['memory_kind']}"
         for k, r in reports.items()
     )
     return with_notes(hora_cards.table(header, rows) + f"\n\n{machines}.", config_notes(runs))
