@@ -3,6 +3,8 @@ Markdown, each from the JSON its command wrote under ``assets/``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from hora.docs.staleness import ROOT, config_notes, grid_runs, read_json, with_notes
 
 
@@ -22,9 +24,12 @@ PAIRS = (  # the comparisons the papers' claims are about, A minus B on the same
 )
 
 
-def paired_rows(report: dict, pairs: tuple[tuple[str, str], ...] = PAIRS) -> list[list[str]]:
+def paired_rows(
+    report: dict, pairs: tuple[tuple[str, str], ...] = PAIRS, shown: Callable[[str], str] = str
+) -> list[list[str]]:
     """Rows of A − B per training-set size: mean [95% interval] over seeds and what it says (which is better, or no
-    difference shown when the interval covers 0). The sign reads as the metric: for a loss, negative favours A."""
+    difference shown when the interval covers 0). The sign reads as the metric: for a loss, negative favours A.
+    ``shown`` names a variant on the page (a method id as its label)."""
     from hora.bench.stats import paired_difference
 
     names = list(report["results"])
@@ -45,14 +50,14 @@ def paired_rows(report: dict, pairs: tuple[tuple[str, str], ...] = PAIRS) -> lis
             favours_a = diff["ci_low"] > 0 if report["higher_is_better"] else diff["ci_high"] < 0
             favours_b = diff["ci_high"] < 0 if report["higher_is_better"] else diff["ci_low"] > 0
             verdict = (
-                f"{a.split(',')[0]} better"
+                f"{shown(a).split(',')[0]} better"
                 if favours_a
-                else f"{b.split(',')[0]} better"
+                else f"{shown(b).split(',')[0]} better"
                 if favours_b
                 else "no difference shown"
             )
             cell = f"{diff['mean']:+.3f} [{diff['ci_low']:+.3f}, {diff['ci_high']:+.3f}]"
-            rows.append([f"{a} − {b}", str(k), cell, verdict])
+            rows.append([f"{shown(a)} − {shown(b)}", str(k), cell, verdict])
     return rows
 
 
@@ -84,11 +89,7 @@ def lr_sweep(base: str) -> str:
     from hora.assets.lr_sweep import table
 
     report = read_json(ROOT / "assets" / "bench" / base / "lr_sweep.json")
-    readings = report["readings"]  # the fields a reading sets on purpose, its method's arguments included
-    runs = [
-        (name, config, {**readings[name].get("method_args", {}), **readings[name]})
-        for name, config in report["peft_configs"].items()
-    ]
+    runs = [(name, config, report["readings"][name]) for name, config in report["peft_configs"].items()]
     return with_notes(
         table(report), config_notes(r for r in runs if r[1] and r[1].get("peft_type") in ("HORA", "DORAN"))
     )
@@ -106,16 +107,7 @@ def tiny_grid(base: str) -> str:
 
     report = read_json(ROOT / "assets" / "bench" / base / "sample_efficiency.json")
     runs = ((r["method"], r.get("peft_config"), {}) for r in report["runs"] if r["method"] in ("hora", "doran"))
-    rows = [
-        [
-            f"{label(a)} − {label(b)}",
-            size,
-            cell,
-            verdict.replace(f"{a} ", f"{label(a)} ").replace(f"{b} ", f"{label(b)} "),
-        ]
-        for a, b in TINY_PAIRS
-        for pair, size, cell, verdict in paired_rows(report, ((a, b),))
-    ]
+    rows = paired_rows(report, TINY_PAIRS, shown=label)
     header = [
         "A − B",
         SPECS[report["base_model"]].shots_label,

@@ -36,11 +36,13 @@ WATCHED = ("generator_scale", "generate_a", "hyper_hidden", "share_qv", "seed_st
 def config_notes(runs: Iterable[tuple[str, dict | None, dict]]) -> list[str]:
     """Sentences saying where a report's adapters ran with other settings than today's defaults.
 
-    ``runs`` are (variant name, the PEFT config it recorded or None, the fields its variant set on purpose). A field
-    the variant set on purpose (``generate_a`` of "HoRA, A and B generated") is not a stale default.
+    ``runs`` are (variant name, the PEFT config it recorded or None, the fields its variant set on purpose, its
+    method's arguments under ``method_args`` or at the top). A field the variant set on purpose (``generate_a`` of
+    "HoRA, A and B generated") is not a stale default.
     """
     notes: dict[str, None] = {}
-    for name, config, chosen in runs:
+    for name, config, fields in runs:
+        chosen = {**fields.get("method_args", {}), **fields}
         if config is None:
             notes[
                 "This report does not record its adapters' configurations, so whether it ran with today's "
@@ -66,7 +68,7 @@ def grid_runs(report: dict) -> Iterable[tuple[str, dict | None, dict]]:
         fields = variants.get(run["method"], {})
         if fields.get("method", run.get("peft_method", run["method"])) not in ("hora", "doran"):
             continue
-        yield run["method"], run.get("peft_config"), {**fields.get("method_args", {}), **fields}
+        yield run["method"], run.get("peft_config"), fields
 
 
 def with_notes(table: str, notes: list[str]) -> str:
